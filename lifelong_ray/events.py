@@ -1,0 +1,98 @@
+"""Event records and the append-only audit log.
+
+Every decision the controller takes is an :class:`Event` with a human-readable
+reason. The log stores one JSON-lines file per append under
+``<root>/models/<model>/events/``; file names sort by time, so reading the log in
+name order gives the events in order, on a local disk or an object store.
+
+    >>> import tempfile
+    >>> from lifelong_ray.storage import Storage
+    >>> log = AuditLog(Storage(tempfile.mkdtemp()), "demo")
+    >>> log.append([Event(t=1.0, kind=EventKind.DRIFT_DETECTED, model="demo",
+    ...                   reason="PSI 0.31 > 0.20 on 2/4 features for 2 windows")])
+    >>> [e.kind.value for e in log.read()]
+    ['drift_detected']
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from enum import Enum
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lifelong_ray.storage import Storage
+
+
+class EventKind(str, Enum):
+    DRIFT_DETECTED = "drift_detected"
+    RETRAIN_REQUESTED = "retrain_requested"
+    RETRAIN_DEFERRED = "retrain_deferred"
+    RETRAIN_STARTED = "retrain_started"
+    RETRAIN_FINISHED = "retrain_finished"
+    RETRAIN_FAILED = "retrain_failed"
+    CANDIDATE_REGISTERED = "candidate_registered"
+    GATE_PASSED = "gate_passed"
+    GATE_FAILED = "gate_failed"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVED = "approved"
+    SHADOW_STARTED = "shadow_started"
+    CANARY_STARTED = "canary_started"
+    CANARY_STEP = "canary_step"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    BUDGET_FROZEN = "budget_frozen"
+    QUARANTINED = "quarantined"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+
+
+class Event(BaseModel):
+    """One audit record. ``data`` holds the numbers behind ``reason``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    t: float
+    kind: EventKind
+    model: str
+    version: str | None = None
+    reason: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class AuditLog:
+    """Append-only event log of one model under a :class:`Storage`."""
+
+    def __init__(self, storage: Storage, model: str) -> None:
+        self.storage = storage
+        self.model = model
+        self.prefix = f"models/{model}/events"
+
+    def append(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        if not events:
+            return
+        t0 = events[0].t
+        name = f"{self.prefix}/{int(t0 * 1e6):020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        body = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in events)
+        self.storage.write_bytes(name, body.encode())
+
+    def read(self, kinds: set[EventKind] | None = None, since: float | None = None) -> list[Event]:
+        out: list[Event] = []
+        for path in self.storage.list(self.prefix, suffix=".jsonl"):
+            for line in self.storage.read_bytes(path).decode().splitlines():
+                if not line.strip():
+                    continue
+                ev = Event.model_validate_json(line)
+                if kinds is not None and ev.kind not in kinds:
+                    continue
+                if since is not None and ev.t < since:
+                    continue
+                out.append(ev)
+        out.sort(key=lambda e: e.t)
+        return out

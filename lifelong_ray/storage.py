@@ -1,0 +1,99 @@
+"""One small wrapper over ``pyarrow.fs`` used by every durable part.
+
+The root is a local path or any URI pyarrow understands (``s3://bucket/prefix``,
+``gs://…``). Paths passed to methods are relative to the root, ``/``-separated.
+Writes are atomic where the filesystem allows it: the bytes go to a temporary
+name that is then moved into place (a rename on local disks); on object stores a
+single PUT is already atomic.
+
+    >>> import tempfile
+    >>> s = Storage(tempfile.mkdtemp())
+    >>> s.write_json("a/b.json", {"x": 1})
+    >>> s.read_json("a/b.json")
+    {'x': 1}
+    >>> s.list("a")
+    ['a/b.json']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+class Storage:
+    def __init__(self, root: str) -> None:
+        self.uri = root
+        if "://" in root:
+            self.fs, base = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
+            os.makedirs(base, exist_ok=True)
+        self.base = base.rstrip("/")
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # -- paths ---------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """The filesystem path of ``rel`` (for pyarrow readers)."""
+        return f"{self.base}/{rel}".rstrip("/") if rel else self.base
+
+    def rel(self, full: str) -> str:
+        return full[len(self.base) + 1 :] if full.startswith(self.base + "/") else full
+
+    # -- writes --------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        full = self.path(rel)
+        parent = full.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if self._local:
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, full)
+        else:
+            with self.fs.open_output_stream(full) as out:
+                out.write(data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    # -- reads ---------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as fh:
+            return fh.read()
+
+    def read_json(self, rel: str, default: Any = None) -> Any:
+        if default is not None and not self.exists(rel):
+            return default
+        return json.loads(self.read_bytes(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def list(self, prefix: str, suffix: str = "", recursive: bool = True) -> list[str]:
+        """Relative paths of files under ``prefix`` (sorted), skipping temporaries."""
+        sel = pafs.FileSelector(self.path(prefix), allow_not_found=True, recursive=recursive)
+        out = [
+            self.rel(info.path)
+            for info in self.fs.get_file_info(sel)
+            if info.type == pafs.FileType.File
+            and not info.base_name.startswith(".tmp-")
+            and info.base_name.endswith(suffix)
+        ]
+        return sorted(out)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        sel = pafs.FileSelector(self.path(prefix), allow_not_found=True, recursive=False)
+        return sorted(
+            info.base_name for info in self.fs.get_file_info(sel) if info.type == pafs.FileType.Directory
+        )
+
+    def delete_dir(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_dir(self.path(rel))

@@ -73,12 +73,17 @@ class AuditLog:
         self.model = model
         self.prefix = f"models/{model}/events"
 
-    def append(self, events: Iterable[Event]) -> None:
+    def append(self, events: Iterable[Event], key: str | None = None) -> None:
+        """Append events as one file. With ``key`` the file name is deterministic,
+        so re-appending the same batch (a controller retrying a tick) replaces it
+        instead of duplicating it."""
         events = list(events)
         if not events:
             return
-        t0 = events[0].t
-        name = f"{self.prefix}/{int(t0 * 1e6):020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        if key is not None:
+            name = f"{self.prefix}/{key}.jsonl"
+        else:
+            name = f"{self.prefix}/{int(events[0].t * 1e6):020d}-{uuid.uuid4().hex[:8]}.jsonl"
         body = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in events)
         self.storage.write_bytes(name, body.encode())
 

@@ -9,8 +9,9 @@ Layout under the storage root (one parquet file per append, written atomically):
 ``predictions``: request_id, t, version, key, shadow, prediction, confidence,
 latency_ms, error, then one column per feature.
 ``feedback``: request_id, t, label.
-``labeled``: the join of the two (features + label + the version that served it),
-written by the controller and by batch ingest; training windows read it.
+``labeled``: the join of the two (features + label + the version that served it
+and what it predicted; both null for batch-ingested rows), written by the
+controller and by batch ingest; training windows read it.
 
 A writer call returns only after the file is in place, so an HTTP handler that
 awaits it answers 2xx only for durable records. :class:`LogTail` reads each file
@@ -42,7 +43,7 @@ from lifelong_ray.storage import Storage
 PREDICTION_META = ["request_id", "t", "version", "key", "shadow", "prediction", "confidence",
                    "latency_ms", "error"]
 FEEDBACK_COLUMNS = ["request_id", "t", "label"]
-LABELED_META = ["request_id", "t", "t_label", "version", "label"]
+LABELED_META = ["request_id", "t", "t_label", "version", "prediction", "label"]
 
 
 def _file_name(prefix: str, t: float) -> str:

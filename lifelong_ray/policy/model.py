@@ -1,0 +1,153 @@
+"""The data that flows through :func:`lifelong_ray.policy.decide.decide`.
+
+``ControllerState`` is what the controller persists (JSON, with a schema
+version); ``Observations`` is what the observer saw since the last tick;
+``Action`` is an idempotent effect for the executor. All are pydantic models so
+they round-trip through JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lifelong_ray.drift.monitor import MonitorState
+from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
+
+STATE_SCHEMA_VERSION = 1
+
+
+class ActionKind(str, Enum):
+    START_RETRAIN = "start_retrain"    # launch (or re-attach to) retrain job `job_id`
+    DEPLOY_VERSION = "deploy_version"  # make `version` servable (its own Serve app)
+    SET_ALIAS = "set_alias"            # registry alias `alias` -> `version` (None removes)
+    SET_ROUTING = "set_routing"        # write routing table `weights`, generation `generation`
+    RETIRE_VERSION = "retire_version"  # stop serving `version`
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: ActionKind
+    version: str | None = None
+    alias: str | None = None
+    weights: dict[str, float] = Field(default_factory=dict)
+    generation: int = 0
+    job_id: str | None = None
+    since_t: float | None = None
+    seed: int = 0
+    champion: str | None = None
+
+
+class ControllerState(BaseModel):
+    """Everything the controller must remember across restarts."""
+
+    schema_version: int = STATE_SCHEMA_VERSION
+    model: str
+    seq: int = 0
+    last_tick_t: float | None = None
+    paused: bool = False
+
+    champion: str | None = None
+    champion_reference_accuracy: float | None = None
+    previous_champion: str | None = None
+
+    rollout: RolloutStage = RolloutStage.STABLE
+    candidate: str | None = None
+    step_index: int = -1
+    step_started_t: float | None = None
+    gate: dict[str, Any] = Field(default_factory=dict)
+    weights: dict[str, float] = Field(default_factory=dict)
+    routing_generation: int = 0
+
+    retrain: RetrainStage = RetrainStage.IDLE
+    retrain_count: int = 0
+    retrain_job_id: str | None = None
+    retrain_since_t: float | None = None
+    retrain_reason: str = ""
+    retrain_deferred_reason: str = ""
+    retrain_started_t: float | None = None
+    last_retrain_finished_t: float | None = None
+    retrain_history_t: list[float] = Field(default_factory=list)
+
+    feature_windows_done: int = 0
+    quality_windows_done: int = 0
+    feature_monitor: MonitorState = Field(default_factory=MonitorState)
+    quality_monitor: MonitorState = Field(default_factory=MonitorState)
+    quality_streak_start_t: float | None = None
+    last_feature_drift: dict[str, Any] | None = None
+    last_quality: dict[str, Any] | None = None
+
+    retiring: dict[str, float] = Field(default_factory=dict)
+    pending_actions: list[Action] = Field(default_factory=list)
+
+
+class VersionStats(BaseModel):
+    """Traffic and labeled quality of one version over a span of time."""
+
+    served: int = 0
+    errors: int = 0
+    labeled: int = 0
+    correct: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labeled if self.labeled else None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.served if self.served else 0.0
+
+
+class FeatureWindow(BaseModel):
+    """One tumbling window of served inputs, compared with the champion's reference."""
+
+    index: int
+    start_t: float
+    end_t: float
+    drifted: bool
+    reason: str
+    n_drifted: int = 0
+    max_psi: float = 0.0
+
+
+class QualityWindow(BaseModel):
+    """One window of labeled predictions of the champion."""
+
+    index: int
+    start_t: float
+    end_t: float
+    n: int
+    accuracy: float | None
+    reference_accuracy: float | None
+    drifted: bool
+    reason: str
+
+
+class RetrainOutcome(BaseModel):
+    """What a finished retrain job reported (read from its result file)."""
+
+    job_id: str
+    status: str  # "ok" | "failed"
+    version: str | None = None
+    candidate_accuracy: float | None = None
+    champion_accuracy: float | None = None
+    holdout_rows: int = 0
+    train_rows: int = 0
+    train_seconds: float = 0.0
+    runner: str = ""
+    error: str | None = None
+
+
+class Observations(BaseModel):
+    """What the observer saw; everything decide() may look at besides its state."""
+
+    feature_windows: list[FeatureWindow] = Field(default_factory=list)
+    quality_windows: list[QualityWindow] = Field(default_factory=list)
+    step_stats: dict[str, VersionStats] = Field(default_factory=dict)
+    labeled_total: int = 0
+    labeled_since_retrain: int = 0
+    retrain_outcome: RetrainOutcome | None = None
+    candidate_reference_accuracy: float | None = None

@@ -1,0 +1,202 @@
+"""decide(): the whole policy, table-driven, without Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifelong_ray.config import parse_config
+from lifelong_ray.policy.decide import decide, recover
+from lifelong_ray.policy.lifecycle import IllegalTransition, RetrainStage, RolloutStage, transition
+from lifelong_ray.policy.model import (
+    ActionKind,
+    ControllerState,
+    FeatureWindow,
+    Observations,
+    QualityWindow,
+    RetrainOutcome,
+    VersionStats,
+)
+
+CFG = parse_config({
+    "model": {"name": "m", "features": [{"name": "x"}], "label": {"name": "y", "classes": [0, 1]}},
+    "training": {"min_rows": 100},
+    "drift": {"consecutive_windows": 2, "cooldown_seconds": 30},
+    "rollout": {"canary_steps": [10, 50, 100], "min_labeled_per_step": 50, "retire_grace_seconds": 5},
+})
+
+
+def kinds(decision):
+    return [e.kind.value for e in decision.events]
+
+
+def acts(decision):
+    return [a.kind.value for a in decision.actions]
+
+
+def champion_state(**kw) -> ControllerState:
+    base = dict(model="m", champion="v0001", champion_reference_accuracy=0.95, weights={"v0001": 100.0})
+    base.update(kw)
+    return ControllerState(**base)
+
+
+def running(**kw) -> ControllerState:
+    return champion_state(retrain=RetrainStage.RUNNING, retrain_job_id="m-retrain-0001", retrain_count=1, **kw)
+
+
+def canary(step=0, **kw) -> ControllerState:
+    return champion_state(rollout=RolloutStage.CANARY, candidate="v0002", step_index=step, step_started_t=0.0,
+                          gate={"candidate_accuracy": 0.93, "champion_accuracy": 0.55}, **kw)
+
+
+def ok_outcome(cand=0.93, champ=0.55, version="v0002") -> RetrainOutcome:
+    return RetrainOutcome(job_id="m-retrain-0001", status="ok", version=version, candidate_accuracy=cand,
+                          champion_accuracy=champ, holdout_rows=120, train_rows=480, train_seconds=3.2,
+                          runner="ray")
+
+
+def qwin(i, drifted, t=100.0):
+    return QualityWindow(index=i, start_t=t + i * 10, end_t=t + i * 10 + 9, n=200,
+                         accuracy=0.5 if drifted else 0.95, reference_accuracy=0.95, drifted=drifted,
+                         reason="accuracy 0.50 on 200 labeled < reference 0.95 - 0.10" if drifted else "ok")
+
+
+def test_bootstrap_waits_for_rows_then_starts_first_retrain():
+    assert kinds(decide(ControllerState(model="m"), Observations(labeled_total=99), CFG, 1.0)) == []
+    d = decide(ControllerState(model="m"), Observations(labeled_total=150), CFG, 1.0)
+    assert kinds(d) == ["retrain_requested", "retrain_started"]
+    assert d.state.retrain == RetrainStage.RUNNING and d.state.retrain_job_id == "m-retrain-0001"
+    (a,) = d.actions
+    assert a.kind == ActionKind.START_RETRAIN and a.job_id == "m-retrain-0001" and a.seed == CFG.training.seed + 1
+
+
+def test_first_version_is_promoted_without_canary():
+    st = ControllerState(model="m", retrain=RetrainStage.RUNNING, retrain_job_id="m-retrain-0001")
+    d = decide(st, Observations(retrain_outcome=ok_outcome(version="v0001", champ=None)), CFG, 5.0)
+    assert kinds(d) == ["retrain_finished", "candidate_registered", "promoted"]
+    assert d.events[-1].data["bootstrap"] is True
+    assert acts(d) == ["deploy_version", "set_alias", "set_routing"]
+    assert d.state.champion == "v0001" and d.state.weights == {"v0001": 100.0}
+
+
+@pytest.mark.parametrize("outcome, events, rollout, weights", [
+    (ok_outcome(), ["retrain_finished", "candidate_registered", "gate_passed", "canary_started"],
+     RolloutStage.CANARY, {"v0001": 90.0, "v0002": 10.0}),
+    (ok_outcome(cand=0.80, champ=0.90), ["retrain_finished", "candidate_registered", "gate_failed"],
+     RolloutStage.STABLE, {"v0001": 100.0}),
+    (RetrainOutcome(job_id="m-retrain-0001", status="failed", error="boom"), ["retrain_failed"],
+     RolloutStage.STABLE, {"v0001": 100.0}),
+])
+def test_retrain_outcome_goes_through_the_gate(outcome, events, rollout, weights):
+    d = decide(running(), Observations(retrain_outcome=outcome), CFG, 10.0)
+    assert kinds(d) == events
+    assert d.state.rollout == rollout and d.state.weights == weights
+    assert d.state.retrain == RetrainStage.IDLE and d.state.last_retrain_finished_t == 10.0
+    if "gate_failed" in events:
+        reason = d.events[-1].reason
+        assert "0.800" in reason and "0.900" in reason  # both numbers in the reason
+
+
+def test_outcome_of_another_job_is_ignored():
+    out = ok_outcome().model_copy(update={"job_id": "m-retrain-0099"})
+    d = decide(running(), Observations(retrain_outcome=out), CFG, 10.0)
+    assert d.events == [] and d.state.retrain == RetrainStage.RUNNING
+
+
+@pytest.mark.parametrize("cand, champ, step, expect, weights", [
+    # too few labels: hold, never promote on thin evidence
+    (VersionStats(served=40, labeled=30, correct=30), VersionStats(served=400, labeled=300, correct=165), 0,
+     [], {"v0001": 100.0}),
+    # good canary: next step
+    (VersionStats(served=100, labeled=60, correct=56), VersionStats(served=900, labeled=600, correct=330), 0,
+     ["canary_step"], {"v0001": 50.0, "v0002": 50.0}),
+    # good at the last step before 100: promote
+    (VersionStats(served=500, labeled=300, correct=280), VersionStats(served=500, labeled=300, correct=165), 1,
+     ["promoted"], {"v0002": 100.0}),
+    # worse canary: roll back
+    (VersionStats(served=100, labeled=60, correct=20), VersionStats(served=900, labeled=600, correct=560), 0,
+     ["rolled_back"], {"v0001": 100.0}),
+    # erroring canary: roll back even before labels arrive
+    (VersionStats(served=100, errors=40), VersionStats(served=900), 0, ["rolled_back"], {"v0001": 100.0}),
+])
+def test_canary_step_analysis(cand, champ, step, expect, weights):
+    st = canary(step=step, weights={"v0001": 90.0, "v0002": 10.0} if step == 0 else {"v0001": 50.0, "v0002": 50.0})
+    d = decide(st, Observations(step_stats={"v0002": cand, "v0001": champ}), CFG, 20.0)
+    assert kinds(d) == expect
+    if expect:
+        assert d.state.weights == weights
+        assert all(e.reason for e in d.events)
+    else:
+        assert d.actions == [] and d.state.step_index == step
+
+
+def test_promotion_retires_the_old_champion_after_the_grace_period():
+    st = canary(step=1, weights={"v0001": 50.0, "v0002": 50.0})
+    good = {"v0002": VersionStats(served=500, labeled=300, correct=280)}
+    d = decide(st, Observations(step_stats=good), CFG, 20.0)
+    assert d.state.champion == "v0002" and d.state.previous_champion == "v0001"
+    assert d.state.rollout == RolloutStage.STABLE and d.state.retiring == {"v0001": 20.0}
+    assert "retire_version" not in acts(decide(d.state, Observations(), CFG, 22.0))
+    later = decide(d.state, Observations(), CFG, 26.0)
+    assert [(a.kind.value, a.version) for a in later.actions] == [("retire_version", "v0001")]
+
+
+def test_performance_drift_needs_consecutive_windows_and_fires_once():
+    st = champion_state()
+    d1 = decide(st, Observations(quality_windows=[qwin(0, True)]), CFG, 200.0)
+    assert kinds(d1) == []
+    d2 = decide(d1.state, Observations(quality_windows=[qwin(1, True)], labeled_since_retrain=10), CFG, 210.0)
+    assert kinds(d2) == ["drift_detected", "retrain_requested"]
+    assert "accuracy 0.50" in d2.events[0].reason
+    # retrain window starts in the middle of the first flagged window
+    assert d2.state.retrain_since_t == pytest.approx(100.0 + 4.5)
+    d3 = decide(d2.state, Observations(quality_windows=[qwin(2, True)], labeled_since_retrain=150), CFG, 220.0)
+    assert kinds(d3) == ["retrain_started"]  # no second drift_detected while active
+
+
+def test_windows_already_decided_are_not_counted_twice():
+    st = champion_state(quality_windows_done=2)
+    d = decide(st, Observations(quality_windows=[qwin(0, True), qwin(1, True)]), CFG, 1.0)
+    assert d.events == [] and d.state.quality_monitor.consecutive == 0
+
+
+def test_feature_drift_alone_is_reported_but_does_not_retrain_by_default():
+    fw = [FeatureWindow(index=i, start_t=i, end_t=i + 1, drifted=True, reason="PSI 0.40 > 0.20 on 2/6 features")
+          for i in range(2)]
+    d = decide(champion_state(), Observations(feature_windows=fw), CFG, 5.0)
+    assert kinds(d) == ["drift_detected"] and d.state.retrain == RetrainStage.IDLE
+    assert d.events[0].data["drift"] == "feature"
+
+
+def test_cooldown_defers_a_retrain_once_then_starts_it():
+    st = champion_state(retrain=RetrainStage.PENDING, retrain_since_t=0.0, last_retrain_finished_t=100.0,
+                        retrain_reason="performance drift")
+    d1 = decide(st, Observations(labeled_since_retrain=500), CFG, 110.0)
+    assert kinds(d1) == ["retrain_deferred"] and "cooldown" in d1.events[0].reason
+    d2 = decide(d1.state, Observations(labeled_since_retrain=500), CFG, 120.0)
+    assert kinds(d2) == []
+    d3 = decide(d2.state, Observations(labeled_since_retrain=500), CFG, 131.0)
+    assert kinds(d3) == ["retrain_started"]
+
+
+def test_decide_does_not_mutate_its_input():
+    st = canary()
+    before = st.model_dump()
+    decide(st, Observations(step_stats={"v0002": VersionStats(served=100, errors=50)}), CFG, 3.0)
+    assert st.model_dump() == before
+
+
+def test_recover_reissues_the_same_retrain_job():
+    st = running(retrain_since_t=42.0)
+    (a,) = recover(st, CFG)
+    assert a.kind == ActionKind.START_RETRAIN and a.job_id == "m-retrain-0001" and a.since_t == 42.0
+
+
+def test_state_round_trips_through_json():
+    d = decide(running(), Observations(retrain_outcome=ok_outcome()), CFG, 10.0)
+    again = ControllerState.model_validate_json(d.state.model_dump_json())
+    assert again == d.state
+
+
+def test_illegal_transition_raises():
+    with pytest.raises(IllegalTransition):
+        transition(RetrainStage.RUNNING, RetrainStage.PENDING)

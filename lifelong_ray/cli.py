@@ -1,0 +1,194 @@
+"""The ``lifelong`` command (also ``python -m lifelong_ray``).
+
+    lifelong demo [--report-dir DIR] [--seed S] [--samples N]
+    lifelong up CONFIG [--port P]        # Serve app + controller on the current Ray
+    lifelong down [--stop-ray]
+    lifelong status [MODEL] [--json]
+    lifelong history MODEL [--json] [--kind K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from lifelong_ray.config import ConfigError, load_config
+from lifelong_ray.events import EventKind
+
+NO_APP = "no lifelong app running on this Ray: run `lifelong up CONFIG`"
+
+
+def _connect(start_if_missing: bool = False) -> None:
+    """Join RAY_ADDRESS, or the local head; optionally start a local head that
+    outlives this command (dashboard bound to loopback)."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="lifelong",
+                 log_to_driver=False, configure_logging=False)
+        return
+    except ConnectionError:
+        if not start_if_missing or os.environ.get("RAY_ADDRESS"):
+            raise SystemExit("no Ray cluster found: start one with `ray start --head` or set RAY_ADDRESS")
+    cpus = str(max(4, os.cpu_count() or 1))
+    subprocess.run(["ray", "start", "--head", "--num-cpus", cpus, "--dashboard-host", "127.0.0.1",
+                    "--include-dashboard", "false", "--disable-usage-stats"], check=True,
+                   env={**os.environ, "RAY_TRAIN_V2_ENABLED": "1"})
+    ray.init(address="auto", namespace="lifelong", log_to_driver=False, configure_logging=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lifelong_ray.sim.demo import DemoSettings, run_demo
+
+    s = DemoSettings(report_dir=args.report_dir, seed=args.seed, config=args.config, port=args.port)
+    if args.samples:
+        s.samples = args.samples
+        s.drift_at = min(s.drift_at, args.samples // 4)
+    return run_demo(s)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from lifelong_ray.control.actor import start_controller
+    from lifelong_ray.control.controller import resolve_storage
+    from lifelong_ray.serving.deploy import deploy_ingress
+
+    cfg = resolve_storage(load_config(args.config))
+    if args.port:
+        cfg = cfg.with_overrides(serving={"port": args.port})
+    _connect(start_if_missing=True)
+    serve.start(http_options={"host": cfg.serving.host, "port": cfg.serving.port})
+    deploy_ingress([cfg])
+    start_controller(cfg)
+    print(f"lifelong up: model {cfg.model.name} at http://{cfg.serving.host}:{cfg.serving.port}"
+          f"/v1/models/{cfg.model.name}; storage {cfg.storage.root}")
+    return 0
+
+
+def _controllers() -> dict[str, Any]:
+    import ray
+
+    from lifelong_ray.control.actor import NAMESPACE
+
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["namespace"] == NAMESPACE and a["name"].startswith("lifelong-controller-"):
+            out[a["name"].removeprefix("lifelong-controller-")] = ray.get_actor(a["name"], namespace=NAMESPACE)
+    return out
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from lifelong_ray.control.actor import stop_controller
+
+    _connect()
+    models = list(_controllers())
+    for m in models:
+        stop_controller(m)
+    serve.shutdown()
+    print(f"lifelong down: stopped {models or 'nothing'} and Serve")
+    if args.stop_ray:
+        subprocess.run(["ray", "stop"], check=False)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    _connect()
+    ctrls = _controllers()
+    if not ctrls:
+        print(NO_APP, file=sys.stderr)
+        return 2
+    if args.model and args.model not in ctrls:
+        print(f"model {args.model!r} is not served here; served: {sorted(ctrls)}", file=sys.stderr)
+        return 2
+    states = {m: ray.get(h.status.remote(), timeout=30) for m, h in ctrls.items()
+              if not args.model or m == args.model}
+    if args.json:
+        print(json.dumps(states, indent=1, sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lifelong status")
+    for col in ("model", "champion", "weights", "rollout", "retrain", "paused", "last drift", "last quality"):
+        table.add_column(col, overflow="fold")
+    for m, st in states.items():
+        weights = " ".join(f"{v}:{w:g}%" for v, w in sorted(st["weights"].items()))
+        table.add_row(m, str(st["champion"]), weights, st["rollout"], st["retrain"], str(st["paused"]),
+                      (st.get("last_feature_drift") or {}).get("reason", "-"),
+                      (st.get("last_quality") or {}).get("reason", "-"))
+    Console().print(table)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import ray
+
+    from lifelong_ray.events import AuditLog
+    from lifelong_ray.storage import Storage
+
+    _connect()
+    ctrls = _controllers()
+    if args.model not in ctrls:
+        print(NO_APP if not ctrls else f"model {args.model!r} is not served here", file=sys.stderr)
+        return 2
+    cfg = ray.get(ctrls[args.model].config.remote(), timeout=30)
+    kinds = {EventKind(k) for k in args.kind} if args.kind else None
+    events = AuditLog(Storage(cfg["storage"]["root"]), args.model).read(kinds=kinds)
+    if args.json:
+        print(json.dumps([e.to_json() for e in events], indent=1))
+    else:
+        for e in events:
+            print(f"{e.t:.3f}  {e.kind.value:<22} {e.version or '-':<7} {e.reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifelong", description="Keep production models current on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="the whole loop on one machine, over HTTP")
+    d.add_argument("--report-dir", default="runs/demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--samples", type=int, default=None)
+    d.add_argument("--config", default="configs/demo.yaml")
+    d.add_argument("--port", type=int, default=None)
+    d.set_defaults(func=cmd_demo)
+    u = sub.add_parser("up", help="start the Serve app and controller on the current Ray")
+    u.add_argument("config")
+    u.add_argument("--port", type=int, default=None)
+    u.set_defaults(func=cmd_up)
+    dn = sub.add_parser("down", help="stop the Serve app and controllers")
+    dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head")
+    dn.set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="versions, weights, stage, drift")
+    st.add_argument("model", nargs="?")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    h = sub.add_parser("history", help="the audit log of a model")
+    h.add_argument("model")
+    h.add_argument("--json", action="store_true")
+    h.add_argument("--kind", action="append", choices=[k.value for k in EventKind])
+    h.set_defaults(func=cmd_history)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

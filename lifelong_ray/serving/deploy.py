@@ -1,0 +1,147 @@
+"""Deploying the serving layer on the current Ray (Ray at the edge).
+
+Called by the controller's executor (versions come and go) and by ``lifelong up``
+and the demo (the ingress). Every function is idempotent, so a controller that
+restarts mid-step may call it again safely::
+
+    from ray import serve
+    from lifelong_ray.serving import deploy
+
+    deploy.ensure_serve(cfg)                 # serve.start on cfg.serving.host/port
+    deploy.deploy_version(cfg, "v0001")      # app "lifelong-<model>-v0001", no HTTP route
+    deploy.deploy_ingress([cfg])             # app "lifelong" on "/"
+    # ... write a routing table (serving.routing.write_routing) to send traffic ...
+    deploy.retire_version(cfg, "v0001")
+
+Relative local storage roots are made absolute here, because Serve replicas do
+not share the caller's working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ray import serve
+
+from lifelong_ray.config import Config
+from lifelong_ray.serving.app import (
+    INGRESS_APP,
+    INGRESS_DEPLOYMENT,
+    VERSION_DEPLOYMENT,
+    Ingress,
+    VersionModel,
+    version_app_name,
+)
+
+__all__ = [
+    "INGRESS_APP",
+    "version_app_name",
+    "ensure_serve",
+    "deploy_ingress",
+    "deploy_version",
+    "retire_version",
+    "deployed_versions",
+    "serving_config_dict",
+]
+
+_RUNNING = "RUNNING"
+_WAIT_S = 120.0
+
+
+def serving_config_dict(cfg: Config) -> dict[str, Any]:
+    """The JSON form of ``cfg`` handed to replicas, with a local storage root made absolute."""
+    data = cfg.model_dump(mode="json")
+    root = data["storage"]["root"]
+    if "://" not in root:
+        data["storage"]["root"] = os.path.abspath(root)
+    return data
+
+
+def ensure_serve(cfg: Config) -> None:
+    """Start Serve's HTTP proxy on ``cfg.serving.host:port`` unless Serve already runs."""
+    serve.start(http_options={"host": cfg.serving.host, "port": cfg.serving.port})
+
+
+def _app_status(name: str) -> str | None:
+    app = serve.status().applications.get(name)
+    return None if app is None else str(getattr(app.status, "value", app.status))
+
+
+def _wait_running(name: str, timeout_s: float = _WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = _app_status(name)
+        if status == _RUNNING:
+            return
+        if status is None or status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            app = serve.status().applications.get(name)
+            raise RuntimeError(f"Serve application {name} is {status}: {getattr(app, 'message', '')}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve application {name} not RUNNING after {timeout_s:g}s (status {status})")
+        time.sleep(0.2)
+
+
+def deploy_ingress(cfgs: list[Config]) -> None:
+    """(Re)deploy the HTTP ingress ``lifelong`` on route ``/`` for these models."""
+    if not cfgs:
+        raise ValueError("deploy_ingress needs at least one config")
+    names = [c.model.name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate model names: {names}")
+    num_cpus = max(c.serving.ingress_num_cpus for c in cfgs)
+    app = Ingress.options(name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": num_cpus}).bind(
+        [serving_config_dict(c) for c in cfgs])
+    serve.run(app, name=INGRESS_APP, route_prefix="/")
+
+
+def deploy_version(cfg: Config, version: str) -> None:
+    """Host ``version`` as its own Serve app (no HTTP route); return once it is RUNNING.
+
+    Idempotent: an app already RUNNING is left alone, one still DEPLOYING is waited for.
+    A version that fails to start (e.g. its artifact fails the integrity check) is
+    deleted again and the error raised."""
+    name = version_app_name(cfg.model.name, version)
+    status = _app_status(name)
+    if status == _RUNNING:
+        return
+    if status == "DEPLOYING":
+        _wait_running(name)
+        return
+    app = VersionModel.options(
+        name=VERSION_DEPLOYMENT, ray_actor_options={"num_cpus": cfg.serving.version_num_cpus}
+    ).bind(serving_config_dict(cfg), version)
+    try:
+        serve.run(app, name=name, route_prefix=None)
+        _wait_running(name)
+    except Exception:
+        try:
+            serve.delete(name, _blocking=False)
+        except Exception:  # noqa: BLE001 - report the original error
+            pass
+        raise
+
+
+def retire_version(cfg: Config, version: str) -> None:
+    """Stop hosting ``version`` (no-op when it is not deployed). Does not wait."""
+    name = version_app_name(cfg.model.name, version)
+    if name in serve.status().applications:
+        serve.delete(name, _blocking=False)
+
+
+def deployed_versions(cfg: Config) -> list[str]:
+    """Versions of ``cfg``'s model with a Serve app (any status but DELETING), sorted.
+
+    Version names must not contain ``-`` (``vNNNN``), which keeps model ``a`` apart
+    from model ``a-b``."""
+    prefix = version_app_name(cfg.model.name, "")
+    out = []
+    for name, app in serve.status().applications.items():
+        if not name.startswith(prefix):
+            continue
+        version = name[len(prefix):]
+        status = str(getattr(app.status, "value", app.status))
+        if version and "-" not in version and status != "DELETING":
+            out.append(version)
+    return sorted(out)

@@ -62,6 +62,9 @@ class ControllerActor:
         state["restored"] = self.ctrl.restored
         return state
 
+    def config(self) -> dict[str, Any]:
+        return self.cfg.model_dump(mode="json")
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)

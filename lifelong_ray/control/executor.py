@@ -39,11 +39,10 @@ class Executor:
         handler(action)
 
     def _start_retrain(self, a: Action) -> None:
-        from lifelong_ray.control.observe import job_result_path
-        from lifelong_ray.training.retrain import retrain_task
+        from lifelong_ray.training.retrain import job_path, retrain_task
 
         assert a.job_id is not None
-        if self.storage.exists(job_result_path(self.cfg.model.name, a.job_id)):
+        if self.storage.exists(job_path(self.cfg.model.name, a.job_id)):
             return
         if a.job_id in self._jobs:
             return

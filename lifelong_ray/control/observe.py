@@ -40,14 +40,11 @@ from lifelong_ray.policy.model import (
 )
 from lifelong_ray.registry.store import Registry
 from lifelong_ray.storage import Storage
+from lifelong_ray.training.retrain import job_path
 
 log = logging.getLogger(__name__)
 
 _SERVED_COLS = ["request_id", "t", "version", "prediction", "error"]
-
-
-def job_result_path(model: str, job_id: str) -> str:
-    return f"models/{model}/jobs/{job_id}.json"
 
 
 class Observer:
@@ -99,6 +96,7 @@ class Observer:
             quality_windows=quality_windows,
             labeled_total=int(self._labeled_t.size),
             labeled_since_retrain=int((self._labeled_t >= (state.retrain_since_t or -np.inf)).sum()),
+            labeled_since_t=state.retrain_since_t,
         )
         if state.rollout == RolloutStage.CANARY and state.step_started_t is not None:
             obs.step_stats = self._step_stats(state.step_started_t)
@@ -254,7 +252,7 @@ class Observer:
         return stats
 
     def _outcome(self, job_id: str) -> RetrainOutcome | None:
-        path = job_result_path(self.cfg.model.name, job_id)
+        path = job_path(self.cfg.model.name, job_id)
         if not self.storage.exists(path):
             return None
         data = self.storage.read_json(path)

@@ -116,6 +116,9 @@ def _take_retrain_outcome(tick: _Tick, obs: Observations) -> None:
     s.retrain = transition(s.retrain, RetrainStage.IDLE)
     s.last_retrain_finished_t = tick.now
     if out.status != "ok" or out.version is None:
+        # Re-arm the monitors: a drift that persists is detected again and retried
+        # (after the cooldown, within the quota) instead of being forgotten.
+        _reset_monitors(s)
         tick.emit(EventKind.RETRAIN_FAILED,
                   f"job {out.job_id} failed: {out.error}; {s.champion or 'no version'} keeps serving",
                   job_id=out.job_id)
@@ -304,7 +307,12 @@ def _schedule_retrain(tick: _Tick, obs: Observations) -> None:
             tick.emit(EventKind.RETRAIN_DEFERRED, blocked, s.champion)
         s.retrain_deferred_reason = blocked
         return
-    available = obs.labeled_since_retrain if s.retrain_since_t is not None else obs.labeled_total
+    if s.retrain_since_t is None:
+        available = obs.labeled_total
+    elif obs.labeled_since_t == s.retrain_since_t:
+        available = obs.labeled_since_retrain
+    else:  # requested this tick: the rows since the onset are counted on the next one
+        available = 0
     if available < cfg.training.min_rows:
         s.retrain_deferred_reason = (f"rows: waiting for labeled rows since the drift onset:"
                                      f" {available}/{cfg.training.min_rows}")

@@ -149,5 +149,6 @@ class Observations(BaseModel):
     step_stats: dict[str, VersionStats] = Field(default_factory=dict)
     labeled_total: int = 0
     labeled_since_retrain: int = 0
+    labeled_since_t: float | None = None  # the retrain_since_t that labeled_since_retrain counts from
     retrain_outcome: RetrainOutcome | None = None
     candidate_reference_accuracy: float | None = None

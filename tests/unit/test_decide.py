@@ -144,13 +144,19 @@ def test_performance_drift_needs_consecutive_windows_and_fires_once():
     st = champion_state()
     d1 = decide(st, Observations(quality_windows=[qwin(0, True)]), CFG, 200.0)
     assert kinds(d1) == []
-    d2 = decide(d1.state, Observations(quality_windows=[qwin(1, True)], labeled_since_retrain=10), CFG, 210.0)
+    # 500 rows "since" an older onset must not count for this request: counted from the next tick on
+    d2 = decide(d1.state, Observations(quality_windows=[qwin(1, True)], labeled_since_retrain=500), CFG, 210.0)
     assert kinds(d2) == ["drift_detected", "retrain_requested"]
     assert "accuracy 0.50" in d2.events[0].reason
     # retrain window starts in the middle of the first flagged window
     assert d2.state.retrain_since_t == pytest.approx(100.0 + 4.5)
-    d3 = decide(d2.state, Observations(quality_windows=[qwin(2, True)], labeled_since_retrain=150), CFG, 220.0)
-    assert kinds(d3) == ["retrain_started"]  # no second drift_detected while active
+    since = d2.state.retrain_since_t
+    d3 = decide(d2.state, Observations(quality_windows=[qwin(2, True)], labeled_since_retrain=50,
+                                       labeled_since_t=since), CFG, 215.0)
+    assert kinds(d3) == [] and d3.state.retrain == RetrainStage.PENDING  # waiting for rows
+    d4 = decide(d3.state, Observations(quality_windows=[qwin(3, True)], labeled_since_retrain=150,
+                                       labeled_since_t=since), CFG, 220.0)
+    assert kinds(d4) == ["retrain_started"]  # no second drift_detected while active
 
 
 def test_windows_already_decided_are_not_counted_twice():
@@ -170,11 +176,12 @@ def test_feature_drift_alone_is_reported_but_does_not_retrain_by_default():
 def test_cooldown_defers_a_retrain_once_then_starts_it():
     st = champion_state(retrain=RetrainStage.PENDING, retrain_since_t=0.0, last_retrain_finished_t=100.0,
                         retrain_reason="performance drift")
-    d1 = decide(st, Observations(labeled_since_retrain=500), CFG, 110.0)
+    obs = Observations(labeled_since_retrain=500, labeled_since_t=0.0)
+    d1 = decide(st, obs, CFG, 110.0)
     assert kinds(d1) == ["retrain_deferred"] and "cooldown" in d1.events[0].reason
-    d2 = decide(d1.state, Observations(labeled_since_retrain=500), CFG, 120.0)
+    d2 = decide(d1.state, obs, CFG, 120.0)
     assert kinds(d2) == []
-    d3 = decide(d2.state, Observations(labeled_since_retrain=500), CFG, 131.0)
+    d3 = decide(d2.state, obs, CFG, 131.0)
     assert kinds(d3) == ["retrain_started"]
 
 
@@ -200,3 +207,13 @@ def test_state_round_trips_through_json():
 def test_illegal_transition_raises():
     with pytest.raises(IllegalTransition):
         transition(RetrainStage.RUNNING, RetrainStage.PENDING)
+
+
+def test_failed_retrain_rearms_drift_detection():
+    st = running(quality_monitor={"consecutive": 3, "active": True})
+    out = RetrainOutcome(job_id="m-retrain-0001", status="failed", error="WindowTooSmall: 380 rows")
+    d = decide(st, Observations(retrain_outcome=out), CFG, 10.0)
+    assert kinds(d) == ["retrain_failed"] and "v0001 keeps serving" in d.events[0].reason
+    assert d.state.quality_monitor.active is False
+    d2 = decide(d.state, Observations(quality_windows=[qwin(0, True), qwin(1, True)]), CFG, 11.0)
+    assert kinds(d2) == ["drift_detected", "retrain_requested", "retrain_deferred"]  # cooldown first

@@ -56,6 +56,9 @@ class Violation:
         return d
 
 
+_ABSENT = object()  # a field that is missing, or a row that is not an object: reported once
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -86,7 +89,7 @@ class Schema:
         object arrays, nulls as NaN/None) and every violation found."""
         violations: list[Violation] = []
         n = len(records)
-        raw: dict[str, list[Any]] = {name: [None] * n for name in self.names}
+        raw: dict[str, list[Any]] = {name: [_ABSENT] * n for name in self.names}
         allowed = set(self.names)
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
@@ -120,16 +123,20 @@ class Schema:
 
     def _check_numeric(self, f: FeatureSpec, values: list[Any], out: list[Violation]) -> np.ndarray:
         arr = np.full(len(values), np.nan)
+        skip: list[int] = []
         for i, v in enumerate(values):
             if v is None:
+                continue
+            if v is _ABSENT:
+                skip.append(i)
                 continue
             if not _is_number(v):
                 out.append(Violation(i, f.name, Rule.TYPE,
                                      f"instances[{i}].{f.name} must be a number, got {type(v).__name__}"))
+                skip.append(i)
                 continue
             arr[i] = float(v) if not isinstance(v, int) or abs(v) < 2**63 else math.inf
-        self._numeric_rules(f, arr, [v is None for v in values], out, [
-            i for i, v in enumerate(values) if v is not None and not _is_number(v)])
+        self._numeric_rules(f, arr, [v is None for v in values], out, skip)
         return arr
 
     def _numeric_rules(self, f: FeatureSpec, arr: np.ndarray, is_null: Sequence[bool],
@@ -165,7 +172,9 @@ class Schema:
         cats = set(f.categories or [])
         arr = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):
-            arr[i] = v
+            arr[i] = None if v is _ABSENT else v
+            if v is _ABSENT:
+                continue
             if v is None:
                 if not f.nullable:
                     out.append(Violation(i, f.name, Rule.NULL, f"instances[{i}].{f.name} must not be null"))

@@ -463,10 +463,6 @@ class Ingress:
                 None, "instances", "max_items", f"instances holds {n} rows; at most {limit} per request")])
         cols, violations = m.schema.validate_records(body.instances)
         if violations:
-            # a missing field is also reported as null by the schema; say it once
-            missing = {(v.index, v.field) for v in violations if v.rule.value == "missing"}
-            violations = [v for v in violations
-                          if not (v.rule.value == "null" and (v.index, v.field) in missing)]
             M.REJECTED.labels(model=model, rule=violations[0].rule.value).inc()
             raise _ApiError(422, "invalid instances", [v.to_json() for v in violations])
 

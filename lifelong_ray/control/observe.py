@@ -157,7 +157,7 @@ class Observer:
             cols = {n: _series(window[n], n in self._categorical) for n in self.schema.names}
             rep = feature_drift(ref, cols, self.cfg.drift)
             out.append(FeatureWindow(index=idx, start_t=start_t, end_t=end_t, drifted=rep.drifted,
-                                     reason=rep.reason, n_drifted=rep.n_drifted,
+                                     reason=rep.reason, champion=state.champion, n_drifted=rep.n_drifted,
                                      max_psi=max((f.psi for f in rep.features), default=0.0)))
         return out
 
@@ -230,12 +230,14 @@ class Observer:
             ref = state.champion_reference_accuracy
             if ref is None or len(mine) < size // 2:
                 out.append(QualityWindow(index=idx, start_t=start_t, end_t=end_t, n=len(mine),
+                                         champion=state.champion,
                                          accuracy=float(mine["correct"].mean()) if len(mine) else None,
                                          reference_accuracy=ref, drifted=False,
                                          reason=f"only {len(mine)} of {size} labels are the champion's"))
                 continue
             chk = accuracy_check(mine["correct"].to_numpy(dtype=bool), ref, self.cfg.drift)
-            out.append(QualityWindow(index=idx, start_t=start_t, end_t=end_t, n=chk.n, accuracy=chk.accuracy,
+            out.append(QualityWindow(index=idx, start_t=start_t, end_t=end_t, n=chk.n, champion=state.champion,
+                                     accuracy=chk.accuracy,
                                      reference_accuracy=ref, drifted=chk.drifted, reason=chk.reason))
         return out
 

@@ -255,6 +255,8 @@ def _watch_drift(tick: _Tick, obs: Observations) -> None:
         if w.index < s.feature_windows_done:
             continue
         s.feature_windows_done = w.index + 1
+        if w.champion != s.champion:  # measured against a champion replaced this tick
+            continue
         s.feature_monitor, fired = update_monitor(s.feature_monitor, w.drifted, dcfg.consecutive_windows)
         s.last_feature_drift = {"index": w.index, "drifted": w.drifted, "reason": w.reason,
                                 "max_psi": w.max_psi, "t": w.end_t}
@@ -267,6 +269,8 @@ def _watch_drift(tick: _Tick, obs: Observations) -> None:
         if w.index < s.quality_windows_done:
             continue
         s.quality_windows_done = w.index + 1
+        if w.champion != s.champion:
+            continue
         if w.drifted and s.quality_monitor.consecutive == 0:
             # The change happened within the first flagged window: train from its middle on.
             s.quality_streak_start_t = (w.start_t + w.end_t) / 2

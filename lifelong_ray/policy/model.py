@@ -109,6 +109,7 @@ class FeatureWindow(BaseModel):
     end_t: float
     drifted: bool
     reason: str
+    champion: str | None = None  # the version whose reference it was compared with
     n_drifted: int = 0
     max_psi: float = 0.0
 
@@ -120,6 +121,7 @@ class QualityWindow(BaseModel):
     start_t: float
     end_t: float
     n: int
+    champion: str | None = None  # the version whose labeled accuracy it measured
     accuracy: float | None
     reference_accuracy: float | None
     drifted: bool

@@ -85,10 +85,20 @@ class TrafficDriver:
         self.feedback_sent = 0
         self.t0 = time.time()
 
+    def wait_until_serving(self, timeout: float) -> dict[str, float]:
+        """Block until the ingress itself routes to a version (it polls the routing table)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = self.http.get(self.url, timeout=10)
+            if r.status_code == 200 and r.json().get("weights"):
+                return r.json()["weights"]
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.url} routes to no version after {timeout:.0f}s")
+
     def predict(self, i: int) -> None:
         rows = self.stream.rows(self.offset + i, self.offset + i + self.s.batch)
         r = self.http.post(f"{self.url}:predict", json={"instances": rows}, timeout=30)
-        r.raise_for_status()
+        _check(r)
         body = r.json()
         n = len(rows)
         self.served.version.extend([body["model_version"]] * n)
@@ -104,11 +114,16 @@ class TrafficDriver:
         self.pending = [p for p in self.pending if p[0] > upto]
         labels = [{"request_id": rid, "label": int(y)} for _, ids, ys in due for rid, y in zip(ids, ys)]
         r = self.http.post(f"{self.url}:feedback", json={"labels": labels}, timeout=30)
-        r.raise_for_status()
+        _check(r)
         body = r.json()
         if body["rejected"]:
             raise RuntimeError(f"feedback rejected: {body['rejected'][:3]}")
         self.feedback_sent += body["accepted"]
+
+
+def _check(r: requests.Response) -> None:
+    if r.status_code >= 400:
+        raise RuntimeError(f"{r.request.method} {r.url} -> {r.status_code}: {r.text[:500]}")
 
 
 def _start_ray_and_serve(cfg: Config) -> None:
@@ -188,10 +203,11 @@ def run_demo(s: DemoSettings) -> int:
         except BaseException:
             _shutdown(model)
             raise
-    t_ready = time.time()
-    console.print(f"[green]serving {list(first)} after {t_ready - t_start:.1f}s[/green]")
     base = f"http://{cfg.serving.host}:{cfg.serving.port}"
     driver = TrafficDriver(base, model, stream, s.bootstrap_rows, s)
+    driver.wait_until_serving(30)
+    t_ready = time.time()
+    console.print(f"[green]serving {list(first)} after {t_ready - t_start:.1f}s[/green]")
     audit = AuditLog(storage, model)
     try:
         _drive(driver, s, storage, audit, model)

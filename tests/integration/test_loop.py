@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 BOOT = 800
 DRIFT1 = BOOT + 1200
-DRIFT2 = DRIFT1 + 6000
+DRIFT2 = DRIFT1 + 40000
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def app(ray_session, serve_port, tmp_path_factory):
         estimator={"epochs": 25},
         training={"min_rows": 300, "window_recent": 800, "window_replay": 50},
         drift={"window_size": 200, "label_window": 100, "consecutive_windows": 2, "cooldown_seconds": 0},
-        rollout={"min_labeled_per_step": 40, "retire_grace_seconds": 1},
+        rollout={"min_labeled_per_step": 40, "min_seconds_per_step": 5, "retire_grace_seconds": 1},
         controller={"tick_seconds": 0.5},
     )
-    stream = abrupt_concept_drift(DRIFT2 + 8000, drift_at=[DRIFT1, DRIFT2], seed=3)
+    stream = abrupt_concept_drift(DRIFT2 + 40000, drift_at=[DRIFT1, DRIFT2], seed=3)
     storage = Storage(cfg.storage.root)
     deploy_ingress([cfg])
     _ingest_bootstrap(storage, cfg, stream, BOOT, time.time())
@@ -82,13 +82,18 @@ def _until(pred, timeout, what, driver=None, step=None):
 
 
 class Pump:
-    """Drive traffic sample by sample; labels come back `label_delay` later."""
+    """Drive traffic at RATE samples/s; labels come back `label_delay` samples later."""
+
+    RATE = 300.0
 
     def __init__(self, driver: TrafficDriver, start: int = 0):
         self.d, self.i = driver, start
         self.flip_for: str | None = None
+        self.t0 = time.time() - start / self.RATE
 
     def step(self):
+        if (wait := self.t0 + self.i / self.RATE - time.time()) > 0:
+            time.sleep(wait)
         self.d.predict(self.i)
         self.i += self.d.s.batch
         if self.flip_for and self.d.served.version[-1] == self.flip_for:
@@ -100,6 +105,7 @@ class Pump:
 def test_first_version_trained_with_ray_train_and_promoted(app):
     cfg, storage, driver = app
     _until(lambda: read_routing(storage, "loop").weights, 180, "the first version")
+    assert driver.wait_until_serving(30) == {"v0001": 100.0}
     reg = Registry(storage, "loop")
     assert reg.aliases()["champion"] == "v0001"
     meta = reg.metadata("v0001")
@@ -131,30 +137,33 @@ def test_drift_retrain_canary_survives_controller_kill_and_promotes_once(app):
     it = iter(after_boot)
     assert all(k in it for k in expected), after_boot
     assert after_boot.count("canary_started") == 1 and after_boot.count("promoted") == 1
-    assert read_routing(storage, "loop").weights == {"v0002": 100.0}
+    _until(lambda: read_routing(storage, "loop").weights == {"v0002": 100.0}, 10, "v0002 at 100%")
     assert Registry(storage, "loop").aliases()["champion"] == "v0002"
     # The new champion serves the new concept well.
-    lo = pump.i - 1000
+    driver.wait_until_serving(10)
+    lo = pump.i
+    for _ in range(50):
+        pump.step()
     served = np.asarray(driver.served.prediction[lo:pump.i])
     assert np.mean(served == driver.stream.labels[BOOT + lo:BOOT + pump.i]) > 0.8
-    app_pump[0] = pump
-
-
-app_pump: list = [None]
 
 
 def test_bad_canary_is_rolled_back_and_champion_keeps_serving(app):
     cfg, storage, driver = app
-    pump = app_pump[0] or Pump(driver, start=len(driver.served.prediction))
-    while pump.i < DRIFT2 - BOOT:
-        pump.step()
+    # Jump ahead in the stream to just before the second drift (skipped rows are never sent).
+    pump = Pump(driver, start=DRIFT2 - BOOT - 400)
+    driver.served.prediction.extend([-1] * (pump.i - len(driver.served.prediction)))
+    driver.served.version.extend([""] * (pump.i - len(driver.served.version)))
     _until(lambda: any(k == "canary_started" and v == "v0003" for k, v in _kinds(storage)), 240,
            "the second canary", driver, pump.step)
     pump.flip_for = "v0003"  # the world disagrees with the canary: its labels say it is wrong
     _until(lambda: any(k == "rolled_back" for k, _ in _kinds(storage)), 120, "rollback", driver, pump.step)
     rolled = [e for e in AuditLog(storage, "loop").read() if e.kind.value == "rolled_back"][0]
     assert rolled.version == "v0003" and "canary accuracy" in rolled.reason
-    assert read_routing(storage, "loop").weights == {"v0002": 100.0}
+    # Events are persisted before the actions run: the routing follows within a tick.
+    _until(lambda: read_routing(storage, "loop").weights == {"v0002": 100.0}, 10, "champion back at 100%")
+    _until(lambda: requests.get(f"http://127.0.0.1:{cfg.serving.port}/v1/models/loop", timeout=10)
+           .json()["weights"] == {"v0002": 100.0}, 10, "the ingress to route to the champion only")
     r = requests.post(f"http://127.0.0.1:{cfg.serving.port}/v1/models/loop:predict",
                       json={"instances": driver.stream.rows(0, 3)}, timeout=30)
     assert r.status_code == 200 and r.json()["model_version"] == "v0002"

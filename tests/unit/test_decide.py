@@ -55,7 +55,7 @@ def ok_outcome(cand=0.93, champ=0.55, version="v0002") -> RetrainOutcome:
 
 
 def qwin(i, drifted, t=100.0):
-    return QualityWindow(index=i, start_t=t + i * 10, end_t=t + i * 10 + 9, n=200,
+    return QualityWindow(index=i, start_t=t + i * 10, end_t=t + i * 10 + 9, n=200, champion="v0001",
                          accuracy=0.5 if drifted else 0.95, reference_accuracy=0.95, drifted=drifted,
                          reason="accuracy 0.50 on 200 labeled < reference 0.95 - 0.10" if drifted else "ok")
 
@@ -166,7 +166,8 @@ def test_windows_already_decided_are_not_counted_twice():
 
 
 def test_feature_drift_alone_is_reported_but_does_not_retrain_by_default():
-    fw = [FeatureWindow(index=i, start_t=i, end_t=i + 1, drifted=True, reason="PSI 0.40 > 0.20 on 2/6 features")
+    fw = [FeatureWindow(index=i, start_t=i, end_t=i + 1, drifted=True, reason="PSI 0.40 > 0.20 on 2/6 features",
+                        champion="v0001")
           for i in range(2)]
     d = decide(champion_state(), Observations(feature_windows=fw), CFG, 5.0)
     assert kinds(d) == ["drift_detected"] and d.state.retrain == RetrainStage.IDLE
@@ -217,3 +218,12 @@ def test_failed_retrain_rearms_drift_detection():
     assert d.state.quality_monitor.active is False
     d2 = decide(d.state, Observations(quality_windows=[qwin(0, True), qwin(1, True)]), CFG, 11.0)
     assert kinds(d2) == ["drift_detected", "retrain_requested", "retrain_deferred"]  # cooldown first
+
+
+def test_windows_measured_against_a_replaced_champion_are_skipped():
+    st = canary(step=1, weights={"v0001": 50.0, "v0002": 50.0})
+    good = {"v0002": VersionStats(served=500, labeled=300, correct=280)}
+    wins = [qwin(0, True), qwin(1, True)]  # the old champion's (v0001) bad windows
+    d = decide(st, Observations(step_stats=good, quality_windows=wins), CFG, 20.0)
+    assert kinds(d) == ["promoted"] and d.state.quality_windows_done == 2
+    assert d.state.quality_monitor.consecutive == 0

@@ -27,7 +27,7 @@ from lifelong_ray.config import Config
 from lifelong_ray.data.logs import LABELED_META, LogTail, ModelLogs
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.drift.feature import feature_drift
-from lifelong_ray.drift.performance import accuracy_check
+from lifelong_ray.drift.performance import accuracy_check, change_point
 from lifelong_ray.drift.reference import Reference
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
 from lifelong_ray.policy.model import (
@@ -237,9 +237,19 @@ class Observer:
                 continue
             chk = accuracy_check(mine["correct"].to_numpy(dtype=bool), ref, self.cfg.drift)
             out.append(QualityWindow(index=idx, start_t=start_t, end_t=end_t, n=chk.n, champion=state.champion,
+                                     change_t=self._change_t(mine) if chk.drifted else None,
                                      accuracy=chk.accuracy,
                                      reference_accuracy=ref, drifted=chk.drifted, reason=chk.reason))
         return out
+
+    def _change_t(self, window: pd.DataFrame) -> float | None:
+        """Prediction time where the champion's correctness shifted, searched over
+        this window and the champion's labeled rows just before it."""
+        champ = window["version"].iloc[0]
+        before = self._joined[(self._joined["version"] == champ) & (self._joined["t"] < window["t"].min())]
+        rows = pd.concat([before.tail(len(window)), window]).sort_values("t", kind="stable")
+        k = change_point(rows["correct"].to_numpy(dtype=float))
+        return float(rows["t"].iloc[k]) if k is not None else None
 
     # -- canary step stats --------------------------------------------------------------
     def _step_stats(self, since: float) -> dict[str, VersionStats]:

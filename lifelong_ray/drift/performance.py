@@ -20,7 +20,7 @@ import numpy as np
 
 from lifelong_ray.config import DriftConfig
 
-__all__ = ["QualityCheck", "accuracy_check", "PageHinkley", "PAGE_HINKLEY_FORMAT"]
+__all__ = ["QualityCheck", "accuracy_check", "change_point", "PageHinkley", "PAGE_HINKLEY_FORMAT"]
 
 PAGE_HINKLEY_FORMAT = 1
 
@@ -72,6 +72,25 @@ def accuracy_check(correct: np.ndarray, reference_accuracy: float, cfg: DriftCon
     op = "<" if drifted else ">="
     return QualityCheck(n, acc, float(reference_accuracy), bool(drifted),
                         f"accuracy {acc:.2f} on {n} labeled {op} {floor}")
+
+
+def change_point(correct: np.ndarray) -> int | None:
+    """Where the mean of a 0/1 (or real) sequence most likely shifted: the CUSUM
+    argmax, i.e. the split that maximises the weighted difference of the two means.
+    Returns the index of the first sample after the change, or None when the
+    sequence is too short or constant.
+
+    >>> x = np.r_[np.ones(120), np.zeros(80)]
+    >>> change_point(x)
+    120
+    >>> change_point(np.ones(50)) is None
+    True
+    """
+    x = np.asarray(correct, dtype=float)
+    if x.size < 4 or np.all(x == x[0]):
+        return None
+    s = np.cumsum(x - x.mean())[:-1]
+    return int(np.argmax(np.abs(s))) + 1
 
 
 @dataclass

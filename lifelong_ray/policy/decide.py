@@ -272,8 +272,9 @@ def _watch_drift(tick: _Tick, obs: Observations) -> None:
         if w.champion != s.champion:
             continue
         if w.drifted and s.quality_monitor.consecutive == 0:
-            # The change happened within the first flagged window: train from its middle on.
-            s.quality_streak_start_t = (w.start_t + w.end_t) / 2
+            # Train from where the accuracy shifted (the observer's change point),
+            # else from the middle of the first flagged window.
+            s.quality_streak_start_t = w.change_t if w.change_t is not None else (w.start_t + w.end_t) / 2
         s.quality_monitor, fired = update_monitor(s.quality_monitor, w.drifted, dcfg.consecutive_windows)
         s.last_quality = {"index": w.index, "accuracy": w.accuracy, "reference": w.reference_accuracy,
                           "n": w.n, "drifted": w.drifted, "reason": w.reason, "t": w.end_t}

@@ -126,6 +126,7 @@ class QualityWindow(BaseModel):
     reference_accuracy: float | None
     drifted: bool
     reason: str
+    change_t: float | None = None  # where the champion's accuracy most likely shifted (CUSUM)
 
 
 class RetrainOutcome(BaseModel):

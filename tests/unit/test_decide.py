@@ -227,3 +227,9 @@ def test_windows_measured_against_a_replaced_champion_are_skipped():
     d = decide(st, Observations(step_stats=good, quality_windows=wins), CFG, 20.0)
     assert kinds(d) == ["promoted"] and d.state.quality_windows_done == 2
     assert d.state.quality_monitor.consecutive == 0
+
+
+def test_retrain_window_starts_at_the_estimated_change_point():
+    w0 = qwin(0, True).model_copy(update={"change_t": 103.0})
+    d = decide(champion_state(), Observations(quality_windows=[w0, qwin(1, True)]), CFG, 200.0)
+    assert kinds(d) == ["drift_detected", "retrain_requested"] and d.state.retrain_since_t == 103.0

@@ -3,6 +3,7 @@
     lifelong demo [--report-dir DIR] [--seed S] [--samples N]
     lifelong up CONFIG [--port P]        # Serve app + controller on the current Ray
     lifelong down [--stop-ray]
+    lifelong ingest MODEL FILE [--config C]  # labeled batch -> labeled log (seeds the first version)
     lifelong status [MODEL] [--json]
     lifelong history MODEL [--json] [--kind K]
 """
@@ -22,6 +23,12 @@ from lifelong_ray.events import EventKind
 NO_APP = "no lifelong app running on this Ray: run `lifelong up CONFIG`"
 
 
+def _ray_cli() -> str:
+    """The `ray` command of this interpreter's environment (it may not be on PATH)."""
+    here = os.path.join(os.path.dirname(sys.executable), "ray")
+    return here if os.path.exists(here) else "ray"
+
+
 def _connect(start_if_missing: bool = False) -> None:
     """Join RAY_ADDRESS, or the local head; optionally start a local head that
     outlives this command (dashboard bound to loopback)."""
@@ -36,7 +43,7 @@ def _connect(start_if_missing: bool = False) -> None:
         if not start_if_missing or os.environ.get("RAY_ADDRESS"):
             raise SystemExit("no Ray cluster found: start one with `ray start --head` or set RAY_ADDRESS")
     cpus = str(max(4, os.cpu_count() or 1))
-    subprocess.run(["ray", "start", "--head", "--num-cpus", cpus, "--dashboard-host", "127.0.0.1",
+    subprocess.run([_ray_cli(), "start", "--head", "--num-cpus", cpus, "--dashboard-host", "127.0.0.1",
                     "--include-dashboard", "false", "--disable-usage-stats"], check=True,
                    env={**os.environ, "RAY_TRAIN_V2_ENABLED": "1"})
     ray.init(address="auto", namespace="lifelong", log_to_driver=False, configure_logging=False)
@@ -50,6 +57,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
         s.samples = args.samples
         s.drift_at = min(s.drift_at, args.samples // 4)
     return run_demo(s)
+
+
+def _config_of(model: str, config: str | None):
+    """The model's config: from --config, else from its running controller."""
+    import ray
+
+    from lifelong_ray.config import parse_config
+
+    if config:
+        cfg = load_config(config)
+        if cfg.model.name != model:
+            raise SystemExit(f"{config} configures model {cfg.model.name!r}, not {model!r}")
+        return cfg
+    _connect()
+    ctrls = _controllers()
+    if model not in ctrls:
+        raise SystemExit(NO_APP if not ctrls else f"model {model!r} is not served here; pass --config")
+    return parse_config(ray.get(ctrls[model].config.remote(), timeout=30))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import time
+
+    from lifelong_ray.control.controller import resolve_storage
+    from lifelong_ray.data.ingest import BatchRefused, ingest_table, read_batch
+    from lifelong_ray.storage import Storage
+
+    cfg = resolve_storage(_config_of(args.model, args.config))
+    try:
+        rep = ingest_table(Storage(cfg.storage.root), cfg, read_batch(args.file), time.time(), label=args.label)
+    except BatchRefused as err:
+        print(f"refused {args.file}: {err}", file=sys.stderr)
+        return 3
+    print(json.dumps({"received": rep.received, "accepted": rep.accepted, "rejected": rep.rejected,
+                      "reasons": rep.reasons}))
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -95,7 +138,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     serve.shutdown()
     print(f"lifelong down: stopped {models or 'nothing'} and Serve")
     if args.stop_ray:
-        subprocess.run(["ray", "stop"], check=False)
+        subprocess.run([_ray_cli(), "stop"], check=False)
     return 0
 
 
@@ -169,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("down", help="stop the Serve app and controllers")
     dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head")
     dn.set_defaults(func=cmd_down)
+    ig = sub.add_parser("ingest", help="append a labeled parquet/CSV batch to a model's labeled log")
+    ig.add_argument("model")
+    ig.add_argument("file")
+    ig.add_argument("--config", help="the model's config (default: ask its running controller)")
+    ig.add_argument("--label", help="label column (default: the config's label name)")
+    ig.set_defaults(func=cmd_ingest)
     st = sub.add_parser("status", help="versions, weights, stage, drift")
     st.add_argument("model", nargs="?")
     st.add_argument("--json", action="store_true")

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from lifelong_ray.config import Config, load_config
 from lifelong_ray.control.controller import resolve_storage
-from lifelong_ray.data.logs import ModelLogs
+from lifelong_ray.data.ingest import ingest_table
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.data.transform import columns_from_table
 from lifelong_ray.events import AuditLog, EventKind
@@ -149,21 +149,6 @@ def _shutdown(model: str) -> None:
         ray.shutdown()
 
 
-def _ingest_bootstrap(storage: Storage, cfg: Config, stream: Stream, n: int, t: float) -> None:
-    table = stream.slice(0, n).to_table(label="label")
-    ids = [f"bootstrap-{i:06d}" for i in range(n)]
-    labeled = pa.table({
-        "request_id": pa.array(ids, pa.string()),
-        "t": pa.array(np.full(n, t - 1.0)),
-        "t_label": pa.array(np.full(n, t - 1.0)),
-        "version": pa.nulls(n, pa.string()),
-        "prediction": pa.nulls(n, pa.int64()),
-        "label": table.column("label"),
-        **{name: table.column(name) for name in Schema(cfg.model).names},
-    })
-    ModelLogs(storage, cfg.model.name).append_labeled(labeled, t)
-
-
 def _wait_for(predicate, what: str, timeout: float, status) -> Any:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -196,7 +181,8 @@ def run_demo(s: DemoSettings) -> int:
         _start_ray_and_serve(cfg)
         try:
             deploy_ingress([cfg])
-            _ingest_bootstrap(storage, cfg, stream, s.bootstrap_rows, time.time())
+            ingest_table(storage, cfg, stream.slice(0, s.bootstrap_rows).to_table(label=cfg.model.label.name),
+                         time.time())
             start_controller(cfg)
             first = _wait_for(lambda: read_routing(storage, model).weights,
                               "the first version to be trained with Ray Train and promoted", s.timeout_s, status)

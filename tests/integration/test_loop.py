@@ -25,7 +25,8 @@ from lifelong_ray.events import AuditLog
 from lifelong_ray.registry.store import Registry
 from lifelong_ray.serving.deploy import INGRESS_APP, deploy_ingress, version_app_name
 from lifelong_ray.serving.routing import read_routing
-from lifelong_ray.sim.demo import DemoSettings, TrafficDriver, _ingest_bootstrap
+from lifelong_ray.data.ingest import ingest_table
+from lifelong_ray.sim.demo import DemoSettings, TrafficDriver
 from lifelong_ray.sim.streams import abrupt_concept_drift
 from lifelong_ray.storage import Storage
 
@@ -54,7 +55,7 @@ def app(ray_session, serve_port, tmp_path_factory):
     stream = abrupt_concept_drift(DRIFT2 + 40000, drift_at=[DRIFT1, DRIFT2], seed=3)
     storage = Storage(cfg.storage.root)
     deploy_ingress([cfg])
-    _ingest_bootstrap(storage, cfg, stream, BOOT, time.time())
+    ingest_table(storage, cfg, stream.slice(0, BOOT).to_table(label="y"), time.time())
     start_controller(cfg)
     settings = DemoSettings(batch=20, label_delay=40)
     driver = TrafficDriver(f"http://127.0.0.1:{serve_port}", "loop", stream, BOOT, settings)

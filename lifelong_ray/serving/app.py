@@ -182,7 +182,7 @@ def _from_pydantic(err: dict[str, Any]) -> dict[str, Any]:
     if field == "body" and rule == "missing":
         msg = "a JSON body is required"
     elif field == "body" and rule == "not_an_object":
-        msg = "the body must be a JSON object"
+        msg = "the body must be a JSON object (send Content-Type: application/json)"
     return _violation(index, field, rule, f"{field}: {msg}")
 
 

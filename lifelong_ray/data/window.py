@@ -375,10 +375,22 @@ def build_window(storage: Storage, cfg: Config, *, since_t: float | None = None,
     import ray.data
 
     spec = cfg.model
-    names = [f.name for f in spec.features]
     valid, quarantined, reasons = read_validated(storage, spec)
     if quarantined:
         log.warning("training window of %s: %d labeled rows quarantined %s", spec.name, quarantined, reasons)
+    window = window_from_table(valid, cfg, since_t=since_t, seed=seed, quarantined=quarantined, reasons=reasons)
+    window.train = ray.data.from_arrow(window.train)
+    return window
+
+
+def window_from_table(valid: pa.Table, cfg: Config, *, since_t: float | None, seed: int, quarantined: int = 0,
+                      reasons: dict[str, int] | None = None) -> TrainingWindow:
+    """The window over already validated labeled rows (``t``, ``label``, features),
+    with ``train`` as an arrow table; :func:`build_window` wraps it for Ray Train,
+    the backtest uses it as is with the local runner."""
+    spec = cfg.model
+    names = [f.name for f in spec.features]
+    reasons = dict(reasons or {})
     valid, duplicates = dedupe_latest_label(valid)
     t = valid.column("t").to_numpy()
     try:
@@ -395,7 +407,7 @@ def build_window(storage: Storage, cfg: Config, *, since_t: float | None = None,
     ref_idx = np.sort(rng.choice(sel.recent, size=n_ref, replace=False))
     reference = valid.select(names + [LABEL]).take(pa.array(ref_idx))
     return TrainingWindow(
-        train=ray.data.from_arrow(train_table),
+        train=train_table,
         holdout=holdout,
         rows=len(train_idx),
         holdout_rows=len(sel.holdout),
@@ -408,4 +420,3 @@ def build_window(storage: Storage, cfg: Config, *, since_t: float | None = None,
         quarantine_reasons=reasons,
         reference=reference,
     )
-

@@ -132,13 +132,22 @@ def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: st
 
 def _train_and_register(cfg: Config, storage: Storage, reg: Any, *, job_id: str, since_t: float | None,
                         champion: str | None, seed: int) -> RetrainResult:
+    from lifelong_ray.data.window import build_window
+
+    window = build_window(storage, cfg, since_t=since_t, seed=seed)
+    return train_and_register(cfg, reg, window, job_id=job_id, champion=champion, seed=seed)
+
+
+def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champion: str | None,
+                       seed: int) -> RetrainResult:
+    """Train on ``window``, evaluate candidate and champion on its holdout, register
+    the candidate with its lineage. Shared by the live job and the backtest."""
     from lifelong_ray.data.schema import Schema
     from lifelong_ray.data.transform import columns_from_table
-    from lifelong_ray.data.window import LABEL, build_window
+    from lifelong_ray.data.window import LABEL
     from lifelong_ray.training.runner import train
 
     schema = Schema(cfg.model)
-    window = build_window(storage, cfg, since_t=since_t, seed=seed)
     trained = train(window, cfg, seed, name=f"{cfg.model.name}-{job_id}-{int(time.time())}")
 
     holdout_cols = columns_from_table(window.holdout, schema)

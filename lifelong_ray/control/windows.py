@@ -1,0 +1,187 @@
+"""Turn served predictions and joined labels into what ``decide()`` looks at.
+
+Pure (numpy/pandas, no Ray, no I/O): the live :class:`~lifelong_ray.control.observe.Observer`
+feeds it from the parquet logs, the backtest feeds it from arrays, and both get
+the same windows for the same rows — so the live loop and the backtest decide
+on identical observations.
+
+* feature windows: every ``drift.window_size`` served rows, compared with the
+  champion's training reference (PSI + KS, chi² for categories);
+* quality windows: every ``drift.label_window`` joined labels, the champion's
+  accuracy against its reference accuracy, with the CUSUM change point of its
+  correctness when the window is flagged;
+* step stats: per-version traffic, errors and labeled accuracy since a time.
+
+Window indices count from the first row ever fed, so a tracker rebuilt from the
+logs after a restart numbers them as before; the controller state remembers
+the next index to decide on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lifelong_ray.config import Config
+from lifelong_ray.data.schema import Schema
+from lifelong_ray.drift.feature import feature_drift
+from lifelong_ray.drift.performance import accuracy_check, change_point
+from lifelong_ray.drift.reference import Reference
+from lifelong_ray.policy.model import ControllerState, FeatureWindow, QualityWindow, VersionStats
+
+
+@dataclass
+class _Chunk:
+    t: np.ndarray
+    version: np.ndarray
+    flag: np.ndarray  # served: error; joined: correct
+
+    @property
+    def t_max(self) -> float:
+        return float(self.t.max()) if self.t.size else -np.inf
+
+
+class WindowTracker:
+    def __init__(self, cfg: Config, reference_for: Callable[[str], Reference]) -> None:
+        self.cfg = cfg
+        self.schema = Schema(cfg.model)
+        self.categorical = {f.name for f in self.schema.features if f.dtype == "category"}
+        self._reference_for = reference_for
+        self._references: dict[str, Reference] = {}
+        self._served: list[_Chunk] = []
+        self._joined: list[_Chunk] = []
+        self._feature_buf: list[pd.DataFrame] = []
+        self._feature_buf_rows = 0
+        self.feature_index = 0
+        self._quality_buf: list[pd.DataFrame] = []
+        self._quality_buf_rows = 0
+        self.quality_index = 0
+
+    # -- feeding ------------------------------------------------------------------
+    def add_served(self, rows: pd.DataFrame) -> None:
+        """Served, non-shadow rows in time order: t, version, error (None if ok), features."""
+        if rows.empty:
+            return
+        err = rows["error"].notna().to_numpy()
+        self._served.append(_Chunk(rows["t"].to_numpy(dtype=float), rows["version"].to_numpy(dtype=object), err))
+        ok = rows[~err]
+        if len(ok):
+            self._feature_buf.append(ok[["t", *self.schema.names]])
+            self._feature_buf_rows += len(ok)
+
+    def add_joined(self, rows: pd.DataFrame) -> None:
+        """Labeled predictions: t (prediction time), version, prediction, label."""
+        if rows.empty:
+            return
+        part = pd.DataFrame({"t": rows["t"].to_numpy(dtype=float),
+                             "version": rows["version"].astype(str).to_numpy(),
+                             "correct": rows["prediction"].to_numpy() == rows["label"].to_numpy()})
+        self._joined.append(_Chunk(part["t"].to_numpy(), part["version"].to_numpy(dtype=object),
+                                   part["correct"].to_numpy()))
+        self._quality_buf.append(part)
+        self._quality_buf_rows += len(part)
+
+    # -- windows --------------------------------------------------------------------
+    def reference(self, version: str | None) -> Reference | None:
+        if version is None:
+            return None
+        if version not in self._references:
+            self._references[version] = self._reference_for(version)
+        return self._references[version]
+
+    @staticmethod
+    def _cut(buf: list[pd.DataFrame], size: int) -> tuple[pd.DataFrame, list[pd.DataFrame], int]:
+        whole = pd.concat(buf, ignore_index=True) if len(buf) > 1 else buf[0].reset_index(drop=True)
+        rest = whole.iloc[size:]
+        return whole.iloc[:size], ([rest] if len(rest) else []), len(rest)
+
+    def feature_windows(self, state: ControllerState) -> list[FeatureWindow]:
+        size, out = self.cfg.drift.window_size, []
+        while self._feature_buf_rows >= size:
+            window, self._feature_buf, self._feature_buf_rows = self._cut(self._feature_buf, size)
+            idx, self.feature_index = self.feature_index, self.feature_index + 1
+            if idx < state.feature_windows_done:
+                continue
+            start_t, end_t = float(window["t"].iloc[0]), float(window["t"].iloc[-1])
+            ref = self.reference(state.champion)
+            if ref is None:
+                out.append(FeatureWindow(index=idx, start_t=start_t, end_t=end_t, drifted=False,
+                                         reason="no champion reference yet"))
+                continue
+            cols = {n: _column(window[n], n in self.categorical) for n in self.schema.names}
+            rep = feature_drift(ref, cols, self.cfg.drift)
+            out.append(FeatureWindow(index=idx, start_t=start_t, end_t=end_t, drifted=rep.drifted,
+                                     reason=rep.reason, champion=state.champion, n_drifted=rep.n_drifted,
+                                     max_psi=max((f.psi for f in rep.features), default=0.0)))
+        return out
+
+    def quality_windows(self, state: ControllerState) -> list[QualityWindow]:
+        size, out = self.cfg.drift.label_window, []
+        while self._quality_buf_rows >= size:
+            window, self._quality_buf, self._quality_buf_rows = self._cut(self._quality_buf, size)
+            idx, self.quality_index = self.quality_index, self.quality_index + 1
+            if idx < state.quality_windows_done:
+                continue
+            start_t, end_t = float(window["t"].min()), float(window["t"].max())
+            mine = window[window["version"] == (state.champion or "")]
+            ref = state.champion_reference_accuracy
+            common = dict(index=idx, start_t=start_t, end_t=end_t, champion=state.champion, reference_accuracy=ref)
+            if ref is None or len(mine) < size // 2:
+                out.append(QualityWindow(**common, n=len(mine), drifted=False,
+                                         accuracy=float(mine["correct"].mean()) if len(mine) else None,
+                                         reason=f"only {len(mine)} of {size} labels are the champion's"))
+                continue
+            chk = accuracy_check(mine["correct"].to_numpy(dtype=bool), ref, self.cfg.drift)
+            out.append(QualityWindow(**common, n=chk.n, accuracy=chk.accuracy, drifted=chk.drifted,
+                                     reason=chk.reason, change_t=self._change_t(mine) if chk.drifted else None))
+        return out
+
+    def _change_t(self, window: pd.DataFrame) -> float | None:
+        """Prediction time where the champion's correctness shifted, searched over
+        this window and as many of the champion's labeled rows just before it."""
+        champ, first_t, need = window["version"].iloc[0], window["t"].min(), len(window)
+        ts, flags = [], []
+        for chunk in reversed(self._joined):
+            keep = (chunk.version == champ) & (chunk.t < first_t)
+            ts.append(chunk.t[keep])
+            flags.append(chunk.flag[keep])
+            if sum(len(x) for x in ts) >= need:
+                break
+        t = np.concatenate([*ts[::-1], window["t"].to_numpy()])
+        c = np.concatenate([*flags[::-1], window["correct"].to_numpy()]).astype(float)
+        order = np.argsort(t, kind="stable")[-2 * need:]
+        k = change_point(c[order])
+        return float(t[order][k]) if k is not None else None
+
+    def step_stats(self, since: float) -> dict[str, VersionStats]:
+        """Per-version served/error/labeled/correct counts for rows at or after ``since``."""
+        stats: dict[str, VersionStats] = {}
+        for chunk in _since(self._served, since):
+            keep = chunk.t >= since
+            for v in np.unique(chunk.version[keep]):
+                sel = keep & (chunk.version == v)
+                st = stats.setdefault(str(v), VersionStats())
+                st.served += int(sel.sum())
+                st.errors += int(chunk.flag[sel].sum())
+        for chunk in _since(self._joined, since):
+            keep = chunk.t >= since
+            for v in np.unique(chunk.version[keep]):
+                sel = keep & (chunk.version == v)
+                st = stats.setdefault(str(v), VersionStats())
+                st.labeled += int(sel.sum())
+                st.correct += int(chunk.flag[sel].sum())
+        return stats
+
+
+def _since(chunks: list[_Chunk], since: float) -> list[_Chunk]:
+    """The chunks that hold rows at or after ``since`` (late files included)."""
+    return [c for c in chunks if c.t_max >= since]
+
+
+def _column(s: pd.Series, categorical: bool) -> np.ndarray:
+    if categorical:
+        return s.astype(object).where(s.notna(), None).to_numpy(dtype=object)
+    return s.to_numpy(dtype=float, na_value=np.nan)

@@ -6,6 +6,7 @@
     lifelong ingest MODEL FILE [--config C]  # labeled batch -> labeled log (seeds the first version)
     lifelong status [MODEL] [--json]
     lifelong history MODEL [--json] [--kind K]
+    lifelong simulate --kind KIND --out FILE [--n N] [--seed S] [--noise P] [--drift-at N,M]
 """
 
 from __future__ import annotations
@@ -195,6 +196,44 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> int | list[int]:
+    """``"3000"`` -> 3000, ``"1000,2000"`` -> [1000, 2000] (for --drift-at)."""
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sample indices like 3000 or 1000,2000, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one sample index")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _float_list(text: str) -> float | list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.2 or 0.8,0.1, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from lifelong_ray.sim.simulate import sidecar_path, simulate
+
+    try:
+        meta = simulate(args.kind, args.out, n=args.n, seed=args.seed, noise=args.noise,
+                        drift_at=args.drift_at, period=args.period, width=args.width,
+                        shift=args.shift, prior_after=args.prior_after)
+    except ValueError as err:
+        print(f"lifelong simulate: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {meta['n']} rows of a {meta['kind']} stream ({meta['generator']}, seed {meta['seed']}, "
+          f"noise {meta['noise']:g}) to {args.out}")
+    print(f"drift points: {meta['drift_points']}")
+    print(f"sidecar: {sidecar_path(args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="Keep production models current on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -227,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true")
     h.add_argument("--kind", action="append", choices=[k.value for k in EventKind])
     h.set_defaults(func=cmd_history)
+    from lifelong_ray.sim.simulate import DEFAULT_N
+    from lifelong_ray.sim.streams import GENERATORS
+
+    sm = sub.add_parser("simulate", help="write a seeded drifting stream (parquet/CSV) and its known drift points")
+    sm.add_argument("--kind", required=True, choices=list(GENERATORS))
+    sm.add_argument("--out", required=True, help="output file: .parquet, .pq or .csv (+ FILE.drift.json)")
+    sm.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows (default {DEFAULT_N})")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--noise", type=float, default=None, help="label-flip rate (default: the kind's own)")
+    sm.add_argument("--drift-at", type=_int_list, default=None,
+                    help="drift onsets, e.g. 5000 or 2000,6000 (default depends on the kind)")
+    sm.add_argument("--period", type=int, default=None, help="recurring: rows per concept (default n/4)")
+    sm.add_argument("--width", type=int, default=None, help="gradual: rows each blend takes (default n/6)")
+    sm.add_argument("--shift", type=float, default=None, help="covariate: mean shift in standard deviations")
+    sm.add_argument("--prior-after", type=_float_list, default=None,
+                    help="prior: P(y=1) after the drift, or one value per drift point")
+    sm.set_defaults(func=cmd_simulate)
     return p
 
 

@@ -9,6 +9,24 @@ The main generator, :func:`abrupt_concept_drift`, matches ``configs/demo.yaml``:
 five numeric features ``x0..x4`` in ``[-10, 10]`` and one categorical
 ``segment`` in ``{a, b, c}``; binary label ``y``.
 
+Every generator takes ``seed`` and ``noise`` (the fraction of labels flipped),
+and :func:`make_stream` builds one by its short kind (:data:`GENERATORS`):
+
+============  ============================  ============  =============================================
+kind          generator                     schema        what changes at each drift point
+============  ============================  ============  =============================================
+abrupt        :func:`abrupt_concept_drift`  demo          concept turns around at once (+ input shift)
+gradual       :func:`rotating_hyperplane`   demo          concept blends into the next over ``width``
+recurring     :func:`recurring_concepts`    demo          concepts take turns A, B, A, B every ``period``
+covariate     :func:`covariate_shift`       demo          input means move; P(y|x) and P(y) stay
+prior         :func:`label_prior_shift`     demo          P(y) moves; P(x|y) stays
+sea           :func:`sea_concepts`          SEA x0..x2    threshold of ``x0 + x1 <= θ`` (abrupt)
+stationary    :func:`stationary`            demo          nothing: no drift points
+============  ============================  ============  =============================================
+
+``Stream.concept`` says, per row, which concept (or input/prior regime)
+generated it; ``Stream.params`` records the generator's arguments.
+
     >>> s = abrupt_concept_drift(6000, drift_at=3000, seed=1)
     >>> len(s), s.drift_points, s.kind
     (6000, [3000], 'abrupt_concept_drift')
@@ -22,8 +40,9 @@ five numeric features ``x0..x4`` in ``[-10, 10]`` and one categorical
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +52,14 @@ __all__ = [
     "abrupt_concept_drift",
     "rotating_hyperplane",
     "sea_concepts",
+    "recurring_concepts",
+    "covariate_shift",
+    "label_prior_shift",
+    "stationary",
+    "GENERATORS",
+    "GENERATOR_KINDS",
+    "default_params",
+    "make_stream",
     "DEMO_NUMERIC",
     "DEMO_SEGMENTS",
     "FEATURE_MIN",
@@ -78,6 +105,8 @@ class Stream:
     kind: str
     concept: np.ndarray | None = field(default=None, compare=False)
     """Optional per-row index of the concept that generated the row (0 before the first drift)."""
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The generator's arguments as JSON-ready values (``seed``, ``noise``, ``drift_at``, …)."""
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -122,6 +151,7 @@ class Stream:
             drift_points=[p - start for p in self.drift_points if start <= p < stop],
             kind=self.kind,
             concept=None if self.concept is None else self.concept[start:stop],
+            params=dict(self.params),
         )
 
     def to_table(self, label: str = "y") -> pa.Table:
@@ -204,12 +234,24 @@ def _demo_score(z: np.ndarray, seg: np.ndarray, c: _Concept) -> np.ndarray:
 
 
 def _demo_stream(x: np.ndarray, seg: np.ndarray, y: np.ndarray, points: list[int],
-                 kind: str, concept_idx: np.ndarray) -> Stream:
+                 kind: str, concept_idx: np.ndarray, params: dict[str, Any]) -> Stream:
     x = np.clip(x, FEATURE_MIN, FEATURE_MAX)
     features: dict[str, np.ndarray] = {name: x[:, k].astype(np.float64) for k, name in enumerate(DEMO_NUMERIC)}
     features["segment"] = np.array(DEMO_SEGMENTS, dtype=object)[seg]
     return Stream(features=features, labels=y.astype(np.int64), drift_points=points, kind=kind,
-                  concept=concept_idx)
+                  concept=np.asarray(concept_idx, dtype=np.int64), params=params)
+
+
+def _concept_rows(z: np.ndarray, seg: np.ndarray, concepts: Sequence[_Concept],
+                  concept_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and scores when row ``i`` comes from ``concepts[concept_idx[i]]``."""
+    score = np.empty(len(z))
+    x = np.empty_like(z)
+    for k, c in enumerate(concepts):
+        m = concept_idx == k
+        score[m] = _demo_score(z[m], seg[m], c)
+        x[m] = c.centre + z[m] * _SCALES
+    return x, score
 
 
 def _flip(rng: np.random.Generator, y: np.ndarray, noise: float) -> np.ndarray:
@@ -256,14 +298,10 @@ def abrupt_concept_drift(
     concepts = _demo_concepts(rng, len(points) + 1, covariate_shift)
     z, seg = _demo_inputs(rng, n)
     concept_idx = np.searchsorted(np.asarray(points, dtype=np.int64), np.arange(n), side="right")
-    score = np.empty(n)
-    x = np.empty_like(z)
-    for k, c in enumerate(concepts):
-        m = concept_idx == k
-        score[m] = _demo_score(z[m], seg[m], c)
-        x[m] = c.centre + z[m] * _SCALES
+    x, score = _concept_rows(z, seg, concepts, concept_idx)
     y = _flip(rng, (score > 0).astype(np.int64), noise)
-    return _demo_stream(x, seg, y, points, "abrupt_concept_drift", concept_idx)
+    return _demo_stream(x, seg, y, points, "abrupt_concept_drift", concept_idx,
+                        {"seed": seed, "noise": noise, "drift_at": points, "covariate_shift": covariate_shift})
 
 
 def rotating_hyperplane(
@@ -312,7 +350,9 @@ def rotating_hyperplane(
     score = np.einsum("ij,ij->i", z, w) + inter + bias
     y = _flip(rng, (score > 0).astype(np.int64), noise)
     x = centre + z * _SCALES
-    return _demo_stream(x, seg, y, points, "rotating_hyperplane", np.rint(progress).astype(np.int64))
+    return _demo_stream(x, seg, y, points, "rotating_hyperplane", np.rint(progress).astype(np.int64),
+                        {"seed": seed, "noise": noise, "drift_at": points, "width": width,
+                         "covariate_shift": covariate_shift})
 
 
 _SEA_THRESHOLDS = (8.0, 9.0, 7.0, 9.5)
@@ -328,8 +368,10 @@ def sea_concepts(
     """The classic SEA concepts (Street & Kim, 2001): ``y = [x0 + x1 <= θ]``.
 
     Three features uniform in ``[0, 10]`` (``x2`` is irrelevant); the threshold
-    ``θ`` steps through ``thresholds`` (cycling) at each drift point. This is
-    not the demo schema; use it with a config that declares ``x0..x2``.
+    ``θ`` steps through ``thresholds`` (cycling) at each drift point, an abrupt
+    change; ``noise`` flips that fraction of labels (10 %, as in the original).
+    This is not the demo schema; use it with a config that declares ``x0..x2``
+    (floats in ``[0, 10]``) and label ``y`` in ``{0, 1}``.
 
         >>> s = sea_concepts(2000, drift_at=[500, 1000, 1500], seed=0)
         >>> len(s), s.drift_points, sorted(s.features)
@@ -346,4 +388,281 @@ def sea_concepts(
     y = _flip(rng, (x[:, 0] + x[:, 1] <= theta).astype(np.int64), noise)
     features = {f"x{k}": x[:, k].copy() for k in range(3)}
     return Stream(features=features, labels=y, drift_points=points, kind="sea_concepts",
-                  concept=concept_idx)
+                  concept=concept_idx, params={"seed": seed, "noise": noise, "drift_at": points,
+                                               "thresholds": [float(t) for t in thresholds]})
+
+
+def recurring_concepts(
+    n: int,
+    period: int,
+    concepts: int = 2,
+    seed: int = 0,
+    noise: float = 0.03,
+    covariate_shift: float = 0.5,
+) -> Stream:
+    """Recurring drift on the demo schema: concepts take turns A, B, A, B, … every ``period`` rows.
+
+    Row ``i`` comes from concept ``(i // period) % concepts`` (that is
+    ``Stream.concept``); a drift point sits at every switch, ``period,
+    2·period, …``. The concepts are the demo's (see :func:`abrupt_concept_drift`):
+    consecutive ones are 95 degrees apart with reversed segment offsets and
+    inputs shifted by ``covariate_shift`` standard deviations, so a model of A
+    fails on B and is good again when A comes back. Schema: the demo's
+    (``x0..x4``, ``segment``; label ``y``).
+
+        >>> s = recurring_concepts(4000, period=1000, seed=0)
+        >>> s.drift_points, s.kind
+        ([1000, 2000, 3000], 'recurring_concepts')
+        >>> [int(s.concept[i]) for i in (0, 999, 1000, 2000, 3999)]
+        [0, 0, 1, 0, 1]
+        >>> [int(c) for c in recurring_concepts(900, period=200, concepts=3).concept[::200]]
+        [0, 1, 2, 0, 1]
+    """
+    _check_common(n, noise)
+    if concepts < 2:
+        raise ValueError(f"concepts must be at least 2, got {concepts}")
+    if not 1 <= period < n:
+        raise ValueError(f"period must be in [1, {n}), got {period}")
+    if covariate_shift < 0:
+        raise ValueError(f"covariate_shift must be >= 0, got {covariate_shift}")
+    rng = np.random.default_rng(seed)
+    cs = _demo_concepts(rng, concepts, covariate_shift)
+    z, seg = _demo_inputs(rng, n)
+    concept_idx = (np.arange(n) // period) % concepts
+    points = [int(p) for p in range(period, n, period)]
+    x, score = _concept_rows(z, seg, cs, concept_idx)
+    y = _flip(rng, (score > 0).astype(np.int64), noise)
+    return _demo_stream(x, seg, y, points, "recurring_concepts", concept_idx,
+                        {"seed": seed, "noise": noise, "period": int(period), "concepts": int(concepts),
+                         "covariate_shift": covariate_shift})
+
+
+def _base_concept(rng: np.random.Generator) -> _Concept:
+    """The demo's first concept: the fixed labelling function of the drift-free generators."""
+    return _demo_concepts(rng, 1, 0.0)[0]
+
+
+def _fixed_labels(rng: np.random.Generator, x: np.ndarray, seg: np.ndarray, c: _Concept,
+                  noise: float) -> np.ndarray:
+    """Labels as a fixed function of the (clipped) inputs ``x``: P(y|x) never moves."""
+    z = (x - c.centre) / _SCALES
+    return _flip(rng, (_demo_score(z, seg, c) > 0).astype(np.int64), noise)
+
+
+def _regimes(n: int, points: list[int]) -> np.ndarray:
+    return np.searchsorted(np.asarray(points, dtype=np.int64), np.arange(n), side="right")
+
+
+# Features that `covariate_shift` moves: outside the base concept's interaction pair
+# (x0, x1), so the shift does not turn the interaction into a new linear term.
+_COVARIATE_FEATURES = [2, 4]
+
+
+def covariate_shift(
+    n: int,
+    drift_at: int | Sequence[int],
+    shift: float = 1.0,
+    seed: int = 0,
+    noise: float = 0.03,
+) -> Stream:
+    """Feature drift without concept drift, on the demo schema.
+
+    At each drift point the means of ``x2`` and ``x4`` move by ``shift`` of
+    their standard deviation (and back at the next one: regimes alternate
+    between the resting and the shifted inputs; ``Stream.concept`` is the
+    regime index). The label is one fixed function of the clipped inputs, so
+    P(y|x) never changes. The shift runs parallel to the linear part of the
+    decision boundary, so the class balance stays put too, and a model trained
+    before the drift is about as accurate after it (within a point or two):
+    input-drift detectors fire, quality does not drop, and nothing should be
+    retrained. Schema: the demo's (``x0..x4``, ``segment``; label ``y``).
+
+        >>> s = covariate_shift(4000, drift_at=2000, shift=1.0, seed=0)
+        >>> s.drift_points, s.kind, [int(s.concept[i]) for i in (1999, 2000)]
+        ([2000], 'covariate_shift', [0, 1])
+        >>> x2 = s.features["x2"]
+        >>> round(float((x2[2000:].mean() - x2[:2000].mean()) / x2[:2000].std()), 1)
+        1.0
+        >>> bool(abs(s.labels[2000:].mean() - s.labels[:2000].mean()) < 0.03)
+        True
+    """
+    _check_common(n, noise)
+    if not np.isfinite(shift) or abs(shift) > 3.0:
+        raise ValueError(f"shift must be within [-3, 3] standard deviations, got {shift}")
+    points = _drift_list(n, drift_at)
+    rng = np.random.default_rng(seed)
+    c = _base_concept(rng)
+    d = np.zeros(len(DEMO_NUMERIC))
+    d[_COVARIATE_FEATURES] = 1.0 / np.sqrt(len(_COVARIATE_FEATURES))
+    w = c.w - (c.w @ d) * d  # boundary parallel to the shift (in standardised units)
+    c = _Concept(w / np.linalg.norm(w), c.seg_bias, c.pair, c.centre)
+    z, seg = _demo_inputs(rng, n)
+    regime = _regimes(n, points)
+    offset = np.zeros(len(DEMO_NUMERIC))
+    offset[_COVARIATE_FEATURES] = shift * _SCALES[_COVARIATE_FEATURES]
+    x = np.clip(c.centre + z * _SCALES + (regime % 2)[:, None] * offset, FEATURE_MIN, FEATURE_MAX)
+    y = _fixed_labels(rng, x, seg, c, noise)
+    return _demo_stream(x, seg, y, points, "covariate_shift", regime,
+                        {"seed": seed, "noise": noise, "drift_at": points, "shift": shift})
+
+
+def label_prior_shift(
+    n: int,
+    drift_at: int | Sequence[int],
+    prior_after: float | Sequence[float] = 0.2,
+    seed: int = 0,
+    noise: float = 0.03,
+    prior_before: float = 0.5,
+) -> Stream:
+    """Label shift on the demo schema: P(y = 1) changes at each drift point, P(x|y) does not.
+
+    Each row first draws its label with the current prior, then its inputs
+    from the fixed class-conditional distribution of the drift-free demo
+    concept (rows of the stationary stream with that observed label, noise
+    flips included). Priors run ``prior_before`` then ``prior_after``; with
+    several drift points ``prior_after`` is either one value (the prior then
+    alternates between the two) or one value per drift point.
+    ``Stream.concept`` is the regime index. Schema: the demo's.
+
+        >>> s = label_prior_shift(6000, drift_at=3000, prior_after=0.2, seed=0)
+        >>> s.drift_points, s.kind
+        ([3000], 'label_prior_shift')
+        >>> round(float(s.labels[:3000].mean()), 1), round(float(s.labels[3000:].mean()), 1)
+        (0.5, 0.2)
+        >>> s = label_prior_shift(3000, drift_at=[1000, 2000], prior_after=[0.8, 0.1])
+        >>> [round(float(s.labels[a:a + 1000].mean()), 1) for a in (0, 1000, 2000)]
+        [0.5, 0.8, 0.1]
+    """
+    _check_common(n, noise)
+    points = _drift_list(n, drift_at)
+    if np.isscalar(prior_after):
+        priors = [prior_before] + [prior_after if k % 2 else prior_before for k in range(1, len(points) + 1)]
+    else:
+        after = [float(p) for p in prior_after]  # type: ignore[union-attr]
+        if len(after) != len(points):
+            raise ValueError(f"prior_after has {len(after)} values for {len(points)} drift points")
+        priors = [prior_before, *after]
+    priors = [float(p) for p in priors]
+    if any(not 0.0 < p < 1.0 for p in priors):
+        raise ValueError(f"priors must lie in (0, 1), got {priors}")
+    rng = np.random.default_rng(seed)
+    c = _base_concept(rng)
+    regime = _regimes(n, points)
+    y = (rng.random(n) < np.asarray(priors)[regime]).astype(np.int64)
+    need = [int((y == 0).sum()), int((y == 1).sum())]
+    pool_x: list[list[np.ndarray]] = [[], []]
+    pool_s: list[list[np.ndarray]] = [[], []]
+    have = [0, 0]
+    while have[0] < need[0] or have[1] < need[1]:  # about half of each draw falls in each class
+        z, seg = _demo_inputs(rng, 2 * n + 256)
+        xs = np.clip(c.centre + z * _SCALES, FEATURE_MIN, FEATURE_MAX)
+        ys = _fixed_labels(rng, xs, seg, c, noise)
+        for cls in (0, 1):
+            m = ys == cls
+            pool_x[cls].append(xs[m])
+            pool_s[cls].append(seg[m])
+            have[cls] += int(m.sum())
+    x = np.empty((n, len(DEMO_NUMERIC)))
+    segs = np.empty(n, dtype=np.int64)
+    for cls in (0, 1):
+        m = y == cls
+        x[m] = np.concatenate(pool_x[cls])[: need[cls]]
+        segs[m] = np.concatenate(pool_s[cls])[: need[cls]]
+    return _demo_stream(x, segs, y, points, "label_prior_shift", regime,
+                        {"seed": seed, "noise": noise, "drift_at": points, "priors": priors})
+
+
+def stationary(n: int, seed: int = 0, noise: float = 0.03) -> Stream:
+    """A drift-free stream on the demo schema: the demo's first concept, forever.
+
+    No drift points; ``Stream.concept`` is all zeros. The control case: a
+    healthy loop should neither detect drift nor retrain on it.
+
+        >>> s = stationary(2000, seed=0)
+        >>> s.drift_points, s.kind, int(s.concept.max()), sorted(s.features)
+        ([], 'stationary', 0, ['segment', 'x0', 'x1', 'x2', 'x3', 'x4'])
+    """
+    _check_common(n, noise)
+    rng = np.random.default_rng(seed)
+    c = _base_concept(rng)
+    z, seg = _demo_inputs(rng, n)
+    x = np.clip(c.centre + z * _SCALES, FEATURE_MIN, FEATURE_MAX)
+    y = _fixed_labels(rng, x, seg, c, noise)
+    return _demo_stream(x, seg, y, [], "stationary", np.zeros(n, dtype=np.int64),
+                        {"seed": seed, "noise": noise})
+
+
+GENERATORS: dict[str, Callable[..., Stream]] = {
+    "abrupt": abrupt_concept_drift,
+    "gradual": rotating_hyperplane,
+    "recurring": recurring_concepts,
+    "covariate": covariate_shift,
+    "prior": label_prior_shift,
+    "sea": sea_concepts,
+    "stationary": stationary,
+}
+"""Stream kinds (the ``--kind`` of ``lifelong simulate``) and their generators."""
+
+GENERATOR_KINDS: dict[str, str] = {fn.__name__: kind for kind, fn in GENERATORS.items()}
+"""``Stream.kind`` (the generator's name) -> its short kind in :data:`GENERATORS`."""
+
+
+def _points(n: int, fractions: Sequence[float]) -> list[int]:
+    return sorted({int(n * f) for f in fractions if 0 < int(n * f) < n})
+
+
+def default_params(kind: str, n: int) -> dict[str, Any]:
+    """The drift arguments :func:`make_stream` uses for ``kind`` when none are given.
+
+        >>> default_params("sea", 8000), default_params("recurring", 8000)
+        ({'drift_at': [2000, 4000, 6000]}, {'period': 2000})
+    """
+    kind = _resolve(kind)
+    if kind in ("abrupt", "covariate", "prior"):
+        return {"drift_at": _points(n, [0.5])}
+    if kind == "gradual":
+        return {"drift_at": _points(n, [1 / 3]), "width": max(1, n // 6)}
+    if kind == "recurring":
+        return {"period": max(1, n // 4)}
+    if kind == "sea":
+        return {"drift_at": _points(n, [0.25, 0.5, 0.75])}
+    return {}
+
+
+def _resolve(kind: str) -> str:
+    if kind in GENERATORS:
+        return kind
+    if kind in GENERATOR_KINDS:
+        return GENERATOR_KINDS[kind]
+    raise ValueError(f"unknown stream kind {kind!r}; choose from {', '.join(GENERATORS)}")
+
+
+def make_stream(kind: str, n: int, seed: int = 0, noise: float | None = None, **kw: Any) -> Stream:
+    """Build a stream by kind: ``abrupt``, ``gradual``, ``recurring``, ``covariate``,
+    ``prior``, ``sea`` or ``stationary`` (or the generator's own name).
+
+    Arguments left out (or ``None``) take the generator's defaults, and the
+    drift arguments those of :func:`default_params`; ``noise=None`` keeps the
+    generator's own label-flip rate. An argument the generator does not take
+    is a ``ValueError``.
+
+        >>> s = make_stream("recurring", 3000, seed=1, noise=0.05)
+        >>> s.kind, s.drift_points, s.params["noise"]
+        ('recurring_concepts', [750, 1500, 2250], 0.05)
+        >>> make_stream("abrupt", 1000, drift_at=[200, 600]).drift_points
+        [200, 600]
+        >>> make_stream("stationary", 10, drift_at=5)
+        Traceback (most recent call last):
+        ...
+        ValueError: stream kind 'stationary' takes no drift_at; it takes noise
+    """
+    key = _resolve(kind)
+    fn = GENERATORS[key]
+    params = {**default_params(key, n), **{k: v for k, v in kw.items() if v is not None}}
+    if noise is not None:
+        params["noise"] = noise
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("n", "seed")]
+    bad = sorted(set(params) - set(accepted))
+    if bad:
+        raise ValueError(f"stream kind {key!r} takes no {', '.join(bad)}; it takes {', '.join(accepted)}")
+    return fn(n, seed=seed, **params)

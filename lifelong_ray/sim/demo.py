@@ -28,7 +28,6 @@ import pyarrow as pa
 import requests
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from lifelong_ray.config import Config, load_config
 from lifelong_ray.control.controller import resolve_storage
@@ -38,7 +37,8 @@ from lifelong_ray.data.transform import columns_from_table
 from lifelong_ray.events import AuditLog, EventKind
 from lifelong_ray.registry.store import Registry
 from lifelong_ray.serving.routing import read_routing
-from lifelong_ray.sim.report import REQUIRED_SUMMARY_KEYS, build_report, summarize_events, write_report
+from lifelong_ray.sim.report import (REQUIRED_SUMMARY_KEYS, build_report, print_summary, summarize_events,
+                                     write_report)
 from lifelong_ray.sim.streams import Stream, abrupt_concept_drift
 from lifelong_ray.storage import Storage
 
@@ -338,21 +338,8 @@ def _verdict(report: dict) -> tuple[bool, str]:
 
 
 def _print_summary(report: dict, verdict: str, json_path: Path, png_path: Path) -> None:
-    sm = report["summary"]
-    table = Table(title="lifelong demo", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in REQUIRED_SUMMARY_KEYS + ("samples_to_recover", "startup_seconds", "samples_per_second"):
-        v = sm.get(key)
-        table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
-    console.print(table)
-    ev = Table(title="decisions", show_header=True)
-    for col in ("t (s)", "sample", "kind", "version", "reason"):
-        ev.add_column(col, overflow="fold")
-    for e in report["events"]:
-        ev.add_row(f"{e['t']:.1f}", str(e.get("data", {}).get("sample", "")), e["kind"], e.get("version") or "",
-                   e["reason"])
-    console.print(ev)
+    print_summary(report, "lifelong demo", ("samples_to_recover", "startup_seconds", "samples_per_second"),
+                  console=console)
     color = "green" if verdict.startswith("RECOVERED") else "red"
     console.print(f"[{color}]{verdict}[/{color}]")
     console.print(f"report: {json_path}  plot: {png_path}")

@@ -46,6 +46,7 @@ __all__ = [
     "write_report",
     "plot_report",
     "to_jsonable",
+    "print_summary",
 ]
 
 REQUIRED_SUMMARY_KEYS: tuple[str, ...] = (
@@ -350,3 +351,27 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> None:
     fig.suptitle(line1, fontsize=12.5, fontweight="bold")
     ax.set_title(line2, fontsize=10, color="#333333")
     fig.savefig(str(path), format="png")
+
+
+def print_summary(report: Mapping[str, Any], title: str, extra_keys: Sequence[str] = (),
+                  console: Any = None) -> None:
+    """Print the summary table and the decisions (every event with its reason)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    sm = report["summary"]
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in tuple(REQUIRED_SUMMARY_KEYS) + tuple(extra_keys):
+        v = sm.get(key)
+        table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    ev = Table(title="decisions", show_header=True)
+    for col in ("t", "sample", "kind", "version", "reason"):
+        ev.add_column(col, overflow="fold")
+    for e in report["events"]:
+        ev.add_row(f"{e['t']:.1f}", str(e.get("data", {}).get("sample", "")), e["kind"], e.get("version") or "",
+                   e["reason"])
+    console.print(ev)

@@ -84,3 +84,16 @@ def test_infer_config_from_a_file_schema():
     assert cfg.model.features[1].categories == ["x", "y"] and cfg.model.label.classes == [0, 1]
     with pytest.raises(ValueError, match="label column"):
         bt.infer_config(table, "nope")
+
+
+def test_backtest_command_on_a_simulated_file(tmp_path):
+    import json
+
+    from lifelong_ray.cli import main
+
+    data = tmp_path / "s.csv"
+    assert main(["simulate", "--kind", "abrupt", "--n", "6000", "--drift-at", "4000", "--out", str(data)]) == 0
+    assert main(["backtest", "--data", str(data), "--bootstrap", "1500", "--report-dir", str(tmp_path / "r")]) == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["summary"]["drift_points"] == [4000]  # read from the simulate sidecar
+    assert rep["summary"]["runner"] == ["local"] and (tmp_path / "r" / "report.png").stat().st_size > 10_000

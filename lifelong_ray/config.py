@@ -124,6 +124,10 @@ class DriftConfig(_Frozen):
     consecutive_windows: int = Field(default=2, ge=1)
     accuracy_drop: float = Field(default=0.1, gt=0, lt=1, description="labeled accuracy drop vs reference")
     label_window: int = Field(default=200, ge=20, description="labeled rows per quality window")
+    sequential: Literal["page_hinkley", "none"] = Field(
+        default="page_hinkley", description="sequential test on the champion's labeled error stream")
+    ph_delta: float = Field(default=0.05, ge=0, description="Page-Hinkley tolerance (error-rate units)")
+    ph_threshold: float = Field(default=30.0, gt=0, description="Page-Hinkley alarm threshold")
     retrain_on_feature_drift: bool = False
     cooldown_seconds: float = Field(default=30.0, ge=0)
 

@@ -28,7 +28,7 @@ import pandas as pd
 from lifelong_ray.config import Config
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.drift.feature import feature_drift
-from lifelong_ray.drift.performance import accuracy_check, change_point
+from lifelong_ray.drift.performance import PageHinkley, accuracy_check, change_point
 from lifelong_ray.drift.reference import Reference
 from lifelong_ray.policy.model import ControllerState, FeatureWindow, QualityWindow, VersionStats
 
@@ -59,6 +59,8 @@ class WindowTracker:
         self._quality_buf: list[pd.DataFrame] = []
         self._quality_buf_rows = 0
         self.quality_index = 0
+        self._ph: PageHinkley | None = None
+        self._ph_version: str | None = None
 
     # -- feeding ------------------------------------------------------------------
     def add_served(self, rows: pd.DataFrame) -> None:
@@ -123,10 +125,11 @@ class WindowTracker:
         while self._quality_buf_rows >= size:
             window, self._quality_buf, self._quality_buf_rows = self._cut(self._quality_buf, size)
             idx, self.quality_index = self.quality_index, self.quality_index + 1
+            mine = window[window["version"] == (state.champion or "")]
+            alarm = self._sequential(state.champion, mine)  # fed for every window: same state after a restart
             if idx < state.quality_windows_done:
                 continue
             start_t, end_t = float(window["t"].min()), float(window["t"].max())
-            mine = window[window["version"] == (state.champion or "")]
             ref = state.champion_reference_accuracy
             common = dict(index=idx, start_t=start_t, end_t=end_t, champion=state.champion, reference_accuracy=ref)
             if ref is None or len(mine) < size // 2:
@@ -135,9 +138,23 @@ class WindowTracker:
                                          reason=f"only {len(mine)} of {size} labels are the champion's"))
                 continue
             chk = accuracy_check(mine["correct"].to_numpy(dtype=bool), ref, self.cfg.drift)
-            out.append(QualityWindow(**common, n=chk.n, accuracy=chk.accuracy, drifted=chk.drifted,
-                                     reason=chk.reason, change_t=self._change_t(mine) if chk.drifted else None))
+            drifted = chk.drifted or alarm
+            reason = chk.reason
+            if alarm:
+                reason = (f"Page-Hinkley alarm on the champion's error stream (lambda {self.cfg.drift.ph_threshold:g});"
+                          f" {reason}")
+            out.append(QualityWindow(**common, n=chk.n, accuracy=chk.accuracy, drifted=drifted, reason=reason,
+                                     sequential_alarm=alarm, change_t=self._change_t(mine) if drifted else None))
         return out
+
+    def _sequential(self, champion: str | None, rows: pd.DataFrame) -> bool:
+        """Feed the champion's errors to Page-Hinkley; True if it fired on these rows."""
+        if self.cfg.drift.sequential == "none" or champion is None or rows.empty:
+            return False
+        if self._ph is None or self._ph_version != champion:
+            d = self.cfg.drift
+            self._ph, self._ph_version = PageHinkley(delta=d.ph_delta, threshold=d.ph_threshold), champion
+        return bool(self._ph.update_batch((~rows["correct"].to_numpy(dtype=bool)).astype(float)))
 
     def _change_t(self, window: pd.DataFrame) -> float | None:
         """Prediction time where the champion's correctness shifted, searched over

@@ -275,11 +275,14 @@ def _watch_drift(tick: _Tick, obs: Observations) -> None:
             # Train from where the accuracy shifted (the observer's change point),
             # else from the middle of the first flagged window.
             s.quality_streak_start_t = w.change_t if w.change_t is not None else (w.start_t + w.end_t) / 2
-        s.quality_monitor, fired = update_monitor(s.quality_monitor, w.drifted, dcfg.consecutive_windows)
+        # A sequential alarm has its own false-alarm control: it needs no second window.
+        required = 1 if w.sequential_alarm else dcfg.consecutive_windows
+        s.quality_monitor, fired = update_monitor(s.quality_monitor, w.drifted, required)
         s.last_quality = {"index": w.index, "accuracy": w.accuracy, "reference": w.reference_accuracy,
                           "n": w.n, "drifted": w.drifted, "reason": w.reason, "t": w.end_t}
         if fired:
-            reason = f"performance drift: {w.reason}, for {dcfg.consecutive_windows} windows"
+            span = "" if w.sequential_alarm else f", for {dcfg.consecutive_windows} windows"
+            reason = f"performance drift: {w.reason}{span}"
             tick.emit(EventKind.DRIFT_DETECTED, reason, s.champion, drift="performance", window=w.index)
             _request_retrain(tick, s.quality_streak_start_t, reason)
 

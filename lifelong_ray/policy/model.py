@@ -127,6 +127,7 @@ class QualityWindow(BaseModel):
     drifted: bool
     reason: str
     change_t: float | None = None  # where the champion's accuracy most likely shifted (CUSUM)
+    sequential_alarm: bool = False  # the sequential test (Page-Hinkley) fired within this window
 
 
 class RetrainOutcome(BaseModel):

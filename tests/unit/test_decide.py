@@ -233,3 +233,10 @@ def test_retrain_window_starts_at_the_estimated_change_point():
     w0 = qwin(0, True).model_copy(update={"change_t": 103.0})
     d = decide(champion_state(), Observations(quality_windows=[w0, qwin(1, True)]), CFG, 200.0)
     assert kinds(d) == ["drift_detected", "retrain_requested"] and d.state.retrain_since_t == 103.0
+
+
+def test_a_sequential_alarm_fires_on_one_window():
+    w = qwin(0, True).model_copy(update={"sequential_alarm": True, "reason": "Page-Hinkley alarm"})
+    d = decide(champion_state(), Observations(quality_windows=[w]), CFG, 200.0)
+    assert kinds(d) == ["drift_detected", "retrain_requested"]
+    assert "for 2 windows" not in d.events[0].reason

@@ -111,6 +111,17 @@ class TrainingConfig(_Frozen):
     min_rows: int = Field(default=400, ge=10, description="labeled rows needed to train")
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
     seed: int = 0
+    mode: Literal["batch", "online", "hybrid"] = Field(
+        default="batch",
+        description="batch: full retrains on drift; online: a challenger copy of the champion is "
+                    "fine-tuned on each fresh labeled mini-batch (no full retrains after the first); "
+                    "hybrid: both")
+    online_batch: int = Field(default=200, ge=10, description="fresh labeled rows per incremental step")
+    online_window: int = Field(default=400, ge=20, description="newest labeled rows an incremental step uses")
+    online_epochs: int = Field(default=5, ge=1)
+    online_lr: float = Field(default=0.005, gt=0)
+    online_min_gain: float = Field(default=0.02, ge=0, lt=1,
+                                   description="holdout accuracy an incremental challenger must gain to be canaried")
 
 
 class DriftConfig(_Frozen):

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from lifelong_ray.drift.stats import bin_proportions, category_counts
+from lifelong_ray.drift.stats import bin_proportions, category_counts, sorted_columns
 
 __all__ = ["Reference", "REFERENCE_FORMAT"]
 
@@ -89,7 +89,9 @@ class Reference:
         seed: int = 0,
     ) -> "Reference":
         """Summarize training columns (numeric float64 with NaN for null, category
-        as str/None object arrays) for every feature of ``schema``."""
+        as str/None object arrays) for every feature of ``schema``. With
+        ``max_sample`` >= the number of rows the KS sample is every finite training
+        value (a full reference: KS against the whole training set, not a sample)."""
         if int(bins) != bins or bins < 2:
             raise ValueError(f"bins must be an integer >= 2, got {bins}")
         if int(max_sample) != max_sample or max_sample < 1:
@@ -108,14 +110,15 @@ class Reference:
         num = [f for f in feats if f.dtype != "category"]
         cat = [f for f in feats if f.dtype == "category"]
         k = len(num)
-        x = np.empty((n, k), dtype=np.float64)
+        x = np.empty((n, k), dtype=np.float64, order="F")  # contiguous columns
         for j, f in enumerate(num):
             x[:, j] = np.asarray(columns[f.name], dtype=np.float64)
+        xs = sorted_columns(x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            edges = np.nanquantile(x, np.linspace(0.0, 1.0, bins + 1), axis=0).T.reshape(k, bins + 1)
-        props = bin_proportions(x, edges[:, 1:-1])
-        sample = _sorted_sample(x, int(max_sample), np.random.default_rng(seed))
+            edges = np.nanquantile(xs, np.linspace(0.0, 1.0, bins + 1), axis=0).T.reshape(k, bins + 1)
+        props = bin_proportions(xs, edges[:, 1:-1])
+        sample = _sorted_sample(x, xs, int(max_sample), np.random.default_rng(seed))
         return cls(
             n=int(n),
             bins=int(bins),
@@ -175,7 +178,7 @@ class Reference:
         k = len(num)
         samples = [np.asarray(v["sample"], dtype=np.float64) for v in num.values()]
         m = max((len(s) for s in samples), default=0)
-        sample = np.full((m, k), np.nan)
+        sample = np.full((m, k), np.nan, order="F")
         for j, s in enumerate(samples):
             sample[: len(s), j] = s
         return cls(
@@ -192,15 +195,17 @@ class Reference:
         )
 
 
-def _sorted_sample(x: np.ndarray, max_sample: int, rng: np.random.Generator) -> np.ndarray:
+def _sorted_sample(x: np.ndarray, xs: np.ndarray, max_sample: int, rng: np.random.Generator) -> np.ndarray:
     """Per column, up to ``max_sample`` finite values drawn without replacement,
-    sorted, NaN-padded; one shared random row order keeps it vectorized."""
+    sorted, NaN-padded; one shared random row order keeps it vectorized. ``xs`` is
+    ``x`` already sorted per column: the whole of it is the sample when
+    ``max_sample`` covers every row (a full reference). Fortran order, so each
+    column is contiguous for the KS test."""
     n, k = x.shape
     if n > max_sample:
         rank = rng.permutation(n)
         key = np.where(np.isnan(x), n, rank[:, None])
         pick = np.argpartition(key, max_sample - 1, axis=0)[:max_sample]
-        x = np.take_along_axis(x, pick, axis=0)
-    out = np.sort(x, axis=0)
-    rows = int(np.count_nonzero(~np.isnan(out), axis=0).max(initial=0))
-    return out[:rows]
+        xs = sorted_columns(np.take_along_axis(x, pick, axis=0))
+    rows = int(np.count_nonzero(~np.isnan(xs), axis=0).max(initial=0))
+    return np.asfortranarray(xs[:rows])

@@ -1,8 +1,12 @@
 """Vectorized drift statistics over many columns at once.
 
 Every function works on 2-D arrays (rows x columns, or columns x bins) so a
-whole window of features is tested in a handful of numpy calls. Missing values
-are NaN and are dropped per column, the way ``x[~np.isnan(x)]`` would.
+whole window of features is tested in one call. Missing values are NaN and are
+dropped per column, the way ``x[~np.isnan(x)]`` would. The KS test and the PSI
+bins work on sorted columns (:func:`sorted_columns`; a window is sorted once and
+both use it), and big windows are processed one column per thread -- numpy's
+sorts and searches release the GIL. ``benchmarks/drift_speed.py`` measures this
+against a per-feature ``scipy.stats.ks_2samp`` loop.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -75,7 +79,7 @@ def ks_2samp_columns(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[np.ndarra
     column: the statistic exactly (ties handled the same way, by evaluating both
     empirical CDFs at every observed value), the p-value as
     ``kstwo.sf(D, round(n1 * n2 / (n1 + n2)))`` (NaN, like scipy, when that rounds
-    to 0) -- to within 1e-10, see :func:`_kstwo_sf`. A column with no finite
+    to 0) -- to ~1e-12 relative, see :func:`_kstwo_sf`. A column with no finite
     value on either side gets NaN for both. Large inputs are split over threads,
     one column per task.
 
@@ -213,81 +217,123 @@ def _finite_sorted(col: np.ndarray) -> np.ndarray:
     return np.sort(col)[:nf]
 
 
+# Runs of the current sample per block when bounding F1 - F2 (see below).
+_KS_BLOCK = 64
+
+
 def _ks_statistic_sorted(x: np.ndarray, y: np.ndarray) -> float:
     """KS statistic of two non-empty, finite, ascending samples, bit for bit as
     ``scipy.stats.ks_2samp`` computes it.
 
-    ``F1 - F2`` only rises at values of ``x`` and only falls at values of ``y``, so
-    its maximum is reached just before some ``y[i]`` (where ``F1 = #(x < y[i]) / n1``
-    and, at the first of a run of equal values, ``F2 = i / n2``) and its minimum at
-    the last of a run of equal ``y[i]`` (``F1 = #(x <= y[i]) / n1``,
-    ``F2 = (i + 1) / n2``). The other ``i`` of a run give values the run's ends
-    dominate, so no run detection is needed. ``#(x < y[i])`` comes from one linear
-    merge (a stable argsort of two sorted runs), ``#(x <= y[i])`` from it plus a
-    binary search for the few ``y`` that equal some ``x``. The differences are
-    formed as scipy forms them (``count / n1 - count / n2``), so D is identical.
+    ``F1 - F2`` only rises at values of ``x`` and only falls at values of ``y``. So
+    its maximum is reached just before the first of a run of equal ``y`` values
+    ``u`` (``F1 = #(x < u) / n1``, ``F2 = start / n2``) and its minimum at the end of
+    such a run (``F1 = #(x <= u) / n1``, ``F2 = end / n2``): only the runs of ``y``
+    matter. For long samples the runs are cut into blocks of ``_KS_BLOCK``; counts
+    at each block's first and last run bound ``F1 - F2`` inside it, and only the
+    blocks whose bound reaches the best value seen at a block edge are searched
+    run by run (typically under 2% of them). The comparisons use exact integers
+    (``count1 * n2 - count2 * n1``); the differences themselves are formed as scipy
+    forms them (``count1 / n1 - count2 / n2``), so D is identical.
     """
     n1, n2 = x.size, y.size
-    order = np.argsort(np.concatenate([y, x]), kind="stable")  # ties: y before x
-    i = np.arange(n2)
-    below = np.flatnonzero(order < n2) - i  # #(x < y[i])
-    tie = x[np.minimum(below, n1 - 1)] == y
-    if tie.any():
-        upto = below.copy()
-        upto[tie] = np.searchsorted(x, y[tie], side="right")  # #(x <= y[i])
+    if n2 > 1:
+        new = np.empty(n2, dtype=bool)
+        new[0] = True
+        np.not_equal(y[1:], y[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        u = y if starts.size == n2 else y[starts]
     else:
-        upto = below
-    dmax = float(np.max(below / n1 - i / n2))
-    dmin = float(np.min(upto / n1 - (i + 1) / n2))
+        starts = np.zeros(1, dtype=np.intp)
+        u = y
+    ends = np.empty_like(starts)  # one past each run = #(y <= u)
+    ends[:-1] = starts[1:]
+    ends[-1] = n2
+    m = u.size
+    if m > 4 * _KS_BLOCK:
+        first = np.arange(0, m, _KS_BLOCK)
+        last = np.minimum(first + _KS_BLOCK, m) - 1
+        lo = np.searchsorted(x, u[first], side="left").astype(np.int64)  # #(x < u) at block start
+        hi = np.searchsorted(x, u[last], side="right").astype(np.int64)  # #(x <= u) at block end
+        s0 = starts[first].astype(np.int64)
+        e1 = ends[last].astype(np.int64)
+        best_max = (lo * n2 - s0 * n1).max()  # attained values of (F1 - F2) * n1 * n2
+        best_min = (hi * n2 - e1 * n1).min()
+        refine = (hi * n2 - s0 * n1 >= best_max) | (lo * n2 - e1 * n1 <= best_min)
+        if refine.mean() < 0.25:
+            keep = np.flatnonzero(np.repeat(refine, _KS_BLOCK)[:m])
+            u, starts, ends = u[keep], starts[keep], ends[keep]
+    below, upto = _count_below_upto(x, u)
+    dmax = float(np.max(below / n1 - starts / n2))
+    dmin = float(np.min(upto / n1 - ends / n2))
     min_s = min(max(-dmin, 0.0), 1.0)
     return min_s if min_s > dmax else dmax
 
 
-# kstwo.sf(d, n) is 2 * scipy.special.smirnov(n, d) for 2.2 <= n d^2 < 370 and
-# n > 140; scipy evaluates smirnov in double-double arithmetic, O(n) terms at about
-# 1 microsecond each (0.6 s at n = 500,000). Above this n we sum the same series
-# with scipy's binomial pmf instead (~20x faster, relative error ~1e-13).
+def _count_below_upto(x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(#(x < u[i]), #(x <= u[i]))`` for ascending ``x`` and ascending distinct ``u``."""
+    if u.size * 8 < x.size:
+        return np.searchsorted(x, u, side="left"), np.searchsorted(x, u, side="right")
+    # long u: one linear merge (a stable argsort of two sorted runs; ties put u first)
+    order = np.argsort(np.concatenate([u, x]), kind="stable")
+    below = np.flatnonzero(order < u.size) - np.arange(u.size)
+    tie = x[np.minimum(below, x.size - 1)] == u
+    upto = below
+    if tie.any():
+        upto = below.copy()
+        upto[tie] = np.searchsorted(x, u[tie], side="right")
+    return below, upto
+
+
+# kstwo.sf(d, n) is 2 * scipy.special.smirnov(n, d) for 2.2 <= n d^2 < 370 (and
+# n > 140); scipy evaluates smirnov in double-double arithmetic over all n terms of
+# its series, about 1 microsecond each: 0.6 s for one p-value at n = 500,000 (two
+# 1M-row samples). From this n on we evaluate the same series as below.
 _SMIRNOV_SUM_MIN_N = 20_000
 
 
 def _kstwo_sf(d: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """``scipy.stats.kstwo.sf(d, n)`` elementwise, to within 1e-10.
+    """``scipy.stats.kstwo.sf(d, n)`` elementwise, to within 1e-12 relative.
 
-    Where scipy would use ``2 * smirnov(n, d)`` with a large ``n`` this computes
-    the one-sided tail from the Birnbaum-Tingey series written with binomial
-    probabilities, ``P(D+ >= d) = sum_j d / (d + j/n) * binom.pmf(j, n, d + j/n)``
-    for ``j = 0 .. floor(n (1 - d))`` (all terms positive, so the sum is accurate to
-    the pmf's own precision); everything else is ``kstwo.sf`` itself.
+    Where scipy would compute ``2 * smirnov(n, d)`` with ``n >= 20,000`` this uses
+    :func:`_smirnov_series` (about 1 ms instead of up to seconds); everything else
+    is ``kstwo.sf`` itself.
     """
     d = np.asarray(d, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         t = n * d * d
         big = (n >= _SMIRNOV_SUM_MIN_N) & (t >= 2.2) & (t < 370.0) & (d < 0.5)
-    out = np.empty(np.broadcast(d, n).shape)
     d, n, big = np.broadcast_arrays(d, n, big)
+    out = np.empty(d.shape)
     rest = ~big
     if rest.any():
         with np.errstate(divide="ignore", invalid="ignore"):  # n == 0: NaN, as scipy
             out[rest] = _st.kstwo.sf(d[rest], n[rest])
-    idx = list(zip(*np.nonzero(big)))
-    tails = _map_columns(lambda i: _smirnov_series(int(n[idx[i]]), float(d[idx[i]])), len(idx),
-                         int(n[big].sum()))
-    for i, tail in zip(idx, tails):
-        out[i] = min(1.0, 2.0 * tail)
+    for i in zip(*np.nonzero(big)):
+        out[i] = 2.0 * _smirnov_series(int(n[i]), float(d[i]))
     return np.clip(out, 0.0, 1.0)
 
 
 def _smirnov_series(n: int, d: float) -> float:
-    """One-sided KS tail ``P(D+_n >= d)`` (``scipy.special.smirnov``) by summing
-    the Birnbaum-Tingey series in chunks."""
-    last = int(math.floor(n * (1.0 - d)))
-    total = 0.0
-    for start in range(0, last + 1, 1 << 18):
-        j = np.arange(start, min(last, start + (1 << 18) - 1) + 1, dtype=np.float64)
-        p = d + j / n
-        total += float(np.sum(_st.binom.pmf(j, n, np.minimum(p, 1.0)) * (d / p)))
-    return total
+    """One-sided KS tail ``P(D+_n >= d)``, i.e. ``scipy.special.smirnov(n, d)``,
+    for large ``n`` and ``2.2 <= n d^2 < 370``.
+
+    Birnbaum-Tingey series written with binomial probabilities (all terms
+    positive): ``sum_j f(j)``, ``f(j) = d / p_j * binom.pmf(j, n, p_j)`` with
+    ``p_j = d + j / n``, ``j = 0 .. floor(n (1 - d))``. ``f`` is a smooth, single
+    bump that vanishes at both ends, about ``n / sqrt(8 n d^2)`` terms wide, so the
+    sum is computed by the trapezoidal rule on every ``h``-th term (``h`` * the sum
+    of ``f(0), f(h), f(2h), ...``), which converges exponentially in width / h
+    (Poisson summation). With 64 samples per width -- a few hundred to a few
+    thousand terms whatever ``n`` -- it matches the full series to ~1e-12
+    relative over the whole range used (tests compare it with scipy).
+    """
+    t = n * d * d
+    h = max(1, int(n / (64.0 * math.sqrt(8.0 * t))))
+    j = np.arange(0, math.floor(n * (1.0 - d)) + 1, h, dtype=np.float64)
+    p = np.minimum(d + j / n, 1.0)
+    return h * float(np.sum(_st.binom.pmf(j, n, p) * (d / p)))
 
 
 def category_counts(values: np.ndarray, categories: list[str] | tuple[str, ...]) -> np.ndarray:

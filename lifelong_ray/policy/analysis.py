@@ -42,14 +42,24 @@ def worst(analyses: list[Analysis]) -> Analysis:
 
 
 def gate(*, candidate_accuracy: float | None, champion_accuracy: float | None, margin: float,
-         rows: int) -> Analysis:
+         rows: int, min_gain: float | None = None) -> Analysis:
     """May a candidate be canaried? Not if it is worse than the champion on the
-    same recent labeled holdout by more than ``margin``."""
+    same recent labeled holdout by more than ``margin``; with ``min_gain`` (an
+    incremental challenger) only if it beats the champion by at least that much.
+
+    >>> gate(candidate_accuracy=0.91, champion_accuracy=0.90, margin=0.02, rows=120, min_gain=0.02).reason
+    'challenger holdout accuracy 0.910 < champion 0.900 + required gain 0.02 on 120 rows'
+    """
     if candidate_accuracy is None:
         return Analysis(Verdict.ERROR, "candidate has no holdout accuracy")
     if champion_accuracy is None:
         return Analysis(Verdict.SUCCESSFUL,
                         f"candidate holdout accuracy {candidate_accuracy:.3f} on {rows} rows; no champion to compare")
+    if min_gain is not None:
+        ok = candidate_accuracy >= champion_accuracy + min_gain
+        return Analysis(Verdict.SUCCESSFUL if ok else Verdict.FAILED,
+                        f"challenger holdout accuracy {candidate_accuracy:.3f} {'>=' if ok else '<'} champion"
+                        f" {champion_accuracy:.3f} + required gain {min_gain:.2f} on {rows} rows")
     if candidate_accuracy < champion_accuracy - margin:
         return Analysis(Verdict.FAILED,
                         f"candidate holdout accuracy {candidate_accuracy:.3f} < champion {champion_accuracy:.3f}"

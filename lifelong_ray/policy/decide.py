@@ -83,6 +83,7 @@ def decide(state: ControllerState, obs: Observations, cfg: Config, now: float) -
     _watch_drift(tick, obs)
     _bootstrap(tick, obs)
     _schedule_retrain(tick, obs)
+    _schedule_online(tick, obs)
     _retire(tick)
     tick.s.pending_actions = list(tick.actions)
     return Decision(tick.s, tick.actions, tick.events)
@@ -91,7 +92,7 @@ def decide(state: ControllerState, obs: Observations, cfg: Config, now: float) -
 def retrain_action(state: ControllerState, cfg: Config) -> Action:
     """The START_RETRAIN action of the state's current job (deterministic, so a
     restarted controller re-issues exactly the same job)."""
-    return Action(kind=ActionKind.START_RETRAIN, job_id=state.retrain_job_id,
+    return Action(kind=ActionKind.START_RETRAIN, job_id=state.retrain_job_id, job_kind=state.retrain_kind,
                   since_t=state.retrain_since_t, seed=cfg.training.seed + state.retrain_count,
                   champion=state.champion)
 
@@ -114,7 +115,8 @@ def _take_retrain_outcome(tick: _Tick, obs: Observations) -> None:
     if s.retrain != RetrainStage.RUNNING or out is None or out.job_id != s.retrain_job_id:
         return
     s.retrain = transition(s.retrain, RetrainStage.IDLE)
-    s.last_retrain_finished_t = tick.now
+    if s.retrain_kind != "online":  # cooldown and quota meter full retrains; incremental steps are cheap
+        s.last_retrain_finished_t = tick.now
     if out.status != "ok" or out.version is None:
         # Re-arm the monitors: a drift that persists is detected again and retried
         # (after the cooldown, within the quota) instead of being forgotten.
@@ -136,8 +138,10 @@ def _take_retrain_outcome(tick: _Tick, obs: Observations) -> None:
     if s.champion is None:
         _first_promotion(tick, out)
         return
+    online = s.retrain_kind == "online"
     verdict = gate(candidate_accuracy=out.candidate_accuracy, champion_accuracy=out.champion_accuracy,
-                   margin=tick.cfg.rollout.gate_margin, rows=out.holdout_rows)
+                   margin=tick.cfg.rollout.gate_margin, rows=out.holdout_rows,
+                   min_gain=tick.cfg.training.online_min_gain if online else None)
     if verdict.verdict != Verdict.SUCCESSFUL:
         tick.emit(EventKind.GATE_FAILED, f"{verdict.reason}; {s.champion} keeps serving", v,
                   candidate_accuracy=out.candidate_accuracy, champion_accuracy=out.champion_accuracy)
@@ -238,6 +242,7 @@ def _rollback(tick: _Tick, reason: str) -> None:
     tick.route({champ: 100.0})
     tick.act(ActionKind.SET_ALIAS, alias="canary", version=None)
     s.retiring[bad] = tick.now
+    _reset_monitors(s)  # a drift that persists is detected again and retried
     tick.emit(EventKind.ROLLED_BACK, f"{reason}; {champ} back to 100%", bad, champion=champ)
 
 
@@ -289,13 +294,30 @@ def _watch_drift(tick: _Tick, obs: Observations) -> None:
 
 def _request_retrain(tick: _Tick, since_t: float | None, reason: str) -> None:
     s = tick.s
-    if s.retrain != RetrainStage.IDLE or s.rollout != RolloutStage.STABLE:
+    if tick.cfg.training.mode == "online" and s.champion is not None:
+        return  # online mode adapts by incremental steps only
+    if s.retrain == RetrainStage.PENDING:
         return
+    busy = s.retrain != RetrainStage.IDLE or s.rollout != RolloutStage.STABLE
+    if busy and s.retrain_kind == "online":
+        # An incremental step is in flight: a full retrain follows it, not lost.
+        s.queued_retrain = {"since_t": since_t, "reason": reason}
+        tick.emit(EventKind.RETRAIN_REQUESTED, f"{reason}; queued behind incremental job {s.retrain_job_id}",
+                  s.champion, since_t=since_t, queued=True)
+        return
+    if busy:
+        return  # a full retrain's candidate is already in flight
+    _pend(tick, since_t, reason)
+
+
+def _pend(tick: _Tick, since_t: float | None, reason: str, announce: bool = True) -> None:
+    s = tick.s
     s.retrain = transition(s.retrain, RetrainStage.PENDING)
     s.retrain_since_t = since_t
     s.retrain_reason = reason
     s.retrain_deferred_reason = ""
-    tick.emit(EventKind.RETRAIN_REQUESTED, reason, s.champion, since_t=since_t)
+    if announce:
+        tick.emit(EventKind.RETRAIN_REQUESTED, reason, s.champion, since_t=since_t)
 
 
 def _bootstrap(tick: _Tick, obs: Observations) -> None:
@@ -307,6 +329,9 @@ def _bootstrap(tick: _Tick, obs: Observations) -> None:
 
 def _schedule_retrain(tick: _Tick, obs: Observations) -> None:
     s, cfg = tick.s, tick.cfg
+    if s.queued_retrain and s.retrain == RetrainStage.IDLE and s.rollout == RolloutStage.STABLE:
+        queued, s.queued_retrain = s.queued_retrain, None
+        _pend(tick, queued["since_t"], queued["reason"], announce=False)
     if s.retrain != RetrainStage.PENDING or s.paused:
         return
     blocked = _quota_blocker(s, cfg, tick.now)
@@ -327,6 +352,7 @@ def _schedule_retrain(tick: _Tick, obs: Observations) -> None:
         return
     s.retrain = transition(s.retrain, RetrainStage.RUNNING)
     s.retrain_count += 1
+    s.retrain_kind = "full"
     s.retrain_job_id = f"{s.model}-retrain-{s.retrain_count:04d}"
     s.retrain_started_t = tick.now
     s.retrain_history_t = [t for t in s.retrain_history_t if tick.now - t < HOUR] + [tick.now]
@@ -335,6 +361,31 @@ def _schedule_retrain(tick: _Tick, obs: Observations) -> None:
     tick.emit(EventKind.RETRAIN_STARTED,
               f"job {s.retrain_job_id}: {s.retrain_reason}; {available} labeled rows in the window",
               s.champion, job_id=s.retrain_job_id, since_t=s.retrain_since_t)
+
+
+def _schedule_online(tick: _Tick, obs: Observations) -> None:
+    """online / hybrid: fine-tune a challenger copy of the champion on each fresh
+    labeled mini-batch while nothing else is in flight; it reaches traffic only
+    through the gate (with a required gain) and the canary."""
+    s, tc = tick.s, tick.cfg.training
+    if tc.mode == "batch" or s.champion is None or s.paused or s.retrain != RetrainStage.IDLE \
+            or s.rollout != RolloutStage.STABLE or s.queued_retrain:
+        return
+    fresh = obs.labeled_total - s.online_labeled_mark
+    if fresh < tc.online_batch:
+        return
+    s.retrain = transition(s.retrain, RetrainStage.RUNNING)
+    s.retrain_count += 1
+    s.retrain_kind = "online"
+    s.retrain_job_id = f"{s.model}-online-{s.retrain_count:04d}"
+    s.retrain_since_t = None
+    s.retrain_started_t = tick.now
+    s.online_labeled_mark = obs.labeled_total
+    tick.actions.append(retrain_action(s, tick.cfg))
+    tick.emit(EventKind.RETRAIN_STARTED,
+              f"job {s.retrain_job_id}: incremental step, a copy of {s.champion} fine-tuned on the newest"
+              f" {tc.online_window} labeled rows ({fresh} fresh)", s.champion, job_id=s.retrain_job_id,
+              job_kind="online")
 
 
 def _quota_blocker(s: ControllerState, cfg: Config, now: float) -> str:

@@ -36,6 +36,7 @@ class Action(BaseModel):
     weights: dict[str, float] = Field(default_factory=dict)
     generation: int = 0
     job_id: str | None = None
+    job_kind: str = "full"  # "full" retrain or "online" incremental step
     since_t: float | None = None
     seed: int = 0
     champion: str | None = None
@@ -65,11 +66,14 @@ class ControllerState(BaseModel):
     retrain: RetrainStage = RetrainStage.IDLE
     retrain_count: int = 0
     retrain_job_id: str | None = None
+    retrain_kind: str = "full"
+    online_labeled_mark: int = 0  # labeled rows seen when the last incremental step started
+    queued_retrain: dict[str, Any] | None = None  # a full retrain asked for while an incremental step ran
     retrain_since_t: float | None = None
     retrain_reason: str = ""
     retrain_deferred_reason: str = ""
     retrain_started_t: float | None = None
-    last_retrain_finished_t: float | None = None
+    last_retrain_finished_t: float | None = None  # of the last full retrain (cooldown)
     retrain_history_t: list[float] = Field(default_factory=list)
 
     feature_windows_done: int = 0

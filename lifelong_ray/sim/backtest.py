@@ -42,7 +42,7 @@ from lifelong_ray.registry.store import Registry
 from lifelong_ray.serving.routing import RoutingTable, choose_version
 from lifelong_ray.sim.report import build_report, summarize_events
 from lifelong_ray.storage import Storage
-from lifelong_ray.training.retrain import STATUS_FAILED, train_and_register
+from lifelong_ray.training.retrain import STATUS_FAILED, train_and_register, window_config
 
 TIME_COLUMNS = ("t", "time", "timestamp")
 
@@ -147,9 +147,9 @@ class Backtest:
         try:
             if labeled is None:
                 raise WindowTooSmall("no labeled rows yet")
-            window = window_from_table(labeled, self.cfg, since_t=a.since_t, seed=a.seed)
+            window = window_from_table(labeled, window_config(self.cfg, a.job_kind), since_t=a.since_t, seed=a.seed)
             res = train_and_register(self.cfg, self.registry, window, job_id=a.job_id, champion=a.champion,
-                                     seed=a.seed)
+                                     seed=a.seed, kind=a.job_kind)
             self.train_seconds += res.train_seconds
             self.runners.add(res.runner)
             out = RetrainOutcome.model_validate({k: getattr(res, k) for k in RetrainOutcome.model_fields})

@@ -78,18 +78,23 @@ def summarize_events(events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Count the decisions in an event list.
 
     ``promotions`` excludes the bootstrap promotion of the first version
-    (an event whose ``data["bootstrap"]`` is true).
+    (an event whose ``data["bootstrap"]`` is true); ``retrains`` counts full
+    retrains, ``incremental_steps`` the online fine-tuning jobs
+    (``data["job_kind"] == "online"``).
 
         >>> summarize_events([{"kind": "drift_detected"}, {"kind": "retrain_started"},
+        ...                   {"kind": "retrain_started", "data": {"job_kind": "online"}},
         ...                   {"kind": "promoted", "data": {"bootstrap": True}},
         ...                   {"kind": "promoted"}, {"kind": "rolled_back"}])
-        {'drifts_detected': 1, 'retrains': 1, 'promotions': 1, 'rollbacks': 1}
+        {'drifts_detected': 1, 'retrains': 1, 'promotions': 1, 'rollbacks': 1, 'incremental_steps': 1}
     """
-    out = {"drifts_detected": 0, "retrains": 0, "promotions": 0, "rollbacks": 0}
+    out = {"drifts_detected": 0, "retrains": 0, "promotions": 0, "rollbacks": 0, "incremental_steps": 0}
     for ev in events:
         kind = _kind(ev)
         if kind == "drift_detected":
             out["drifts_detected"] += 1
+        elif kind == "retrain_started" and (ev.get("data") or {}).get("job_kind") == "online":
+            out["incremental_steps"] += 1
         elif kind == "retrain_started":
             out["retrains"] += 1
         elif kind == "promoted" and not _bootstrap(ev):

@@ -92,10 +92,11 @@ def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 # in-process
 # ---------------------------------------------------------------------------
 def fit_numpy(x: np.ndarray, y: np.ndarray, est: EstimatorConfig, n_classes: int,
-              seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+              seed: int, init_state: dict[str, torch.Tensor] | None = None,
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train on arrays in this process: ``x`` float ``[n, n_in]``, ``y`` class indices
-    in ``[0, n_classes)``. Returns the state dict and ``{"train_loss", "losses",
-    "epochs", "rows", "seconds"}``."""
+    in ``[0, n_classes)``; start from ``init_state`` (an incremental step) if given.
+    Returns the state dict and ``{"train_loss", "losses", "epochs", "rows", "seconds"}``."""
     x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
     y_t = torch.as_tensor(np.asarray(y, dtype=np.int64))
     if x_t.ndim != 2 or len(x_t) != len(y_t) or len(y_t) == 0:
@@ -104,6 +105,8 @@ def fit_numpy(x: np.ndarray, y: np.ndarray, est: EstimatorConfig, n_classes: int
         raise ValueError(f"class indices must lie in [0, {n_classes}), got [{int(y_t.min())}, {int(y_t.max())}]")
     start = time.perf_counter()
     module, optimizer = make_model(est, x_t.shape[1], n_classes, seed)
+    if init_state is not None:
+        module.load_state_dict(init_state, strict=True)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     for _ in range(est.epochs):

@@ -100,7 +100,7 @@ def _write(storage: Storage, path: str, result: RetrainResult) -> None:
 
 
 def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: str | None,
-                seed: int) -> RetrainResult:
+                seed: int, kind: str = "full") -> RetrainResult:
     """Run (or finish, or look up) retrain job ``job_id``; see the module doc."""
     from lifelong_ray.registry.store import Registry
 
@@ -121,7 +121,7 @@ def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: st
             result = _result_from_version(reg, existing, job_id, champion, time.time())
         else:
             result = _train_and_register(cfg, storage, reg, job_id=job_id, since_t=since_t,
-                                         champion=champion, seed=seed)
+                                         champion=champion, seed=seed, kind=kind)
     except Exception as err:  # noqa: BLE001 - the controller reads the failure from the file
         log.warning("retrain %s of %s failed: %s\n%s", job_id, model, err, traceback.format_exc())
         result = RetrainResult(job_id, STATUS_FAILED, None, None, None, 0, 0, 0.0, runner,
@@ -130,25 +130,42 @@ def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: st
     return result
 
 
+def window_config(cfg: Config, kind: str) -> Config:
+    """The config a job's window is cut with: an incremental ("online") step uses the
+    newest ``online_window`` labeled rows, no replay, and a larger holdout."""
+    if kind != "online":
+        return cfg
+    tc = cfg.training
+    return cfg.with_overrides(training={"window_recent": tc.online_window, "window_replay": 0,
+                                        "min_rows": min(tc.online_batch, tc.online_window),
+                                        "holdout_fraction": 0.3})
+
+
 def _train_and_register(cfg: Config, storage: Storage, reg: Any, *, job_id: str, since_t: float | None,
-                        champion: str | None, seed: int) -> RetrainResult:
+                        champion: str | None, seed: int, kind: str = "full") -> RetrainResult:
     from lifelong_ray.data.window import build_window
 
-    window = build_window(storage, cfg, since_t=since_t, seed=seed)
-    return train_and_register(cfg, reg, window, job_id=job_id, champion=champion, seed=seed)
+    window = build_window(storage, window_config(cfg, kind), since_t=since_t, seed=seed)
+    return train_and_register(cfg, reg, window, job_id=job_id, champion=champion, seed=seed, kind=kind)
 
 
 def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champion: str | None,
-                       seed: int) -> RetrainResult:
-    """Train on ``window``, evaluate candidate and champion on its holdout, register
-    the candidate with its lineage. Shared by the live job and the backtest."""
+                       seed: int, kind: str = "full") -> RetrainResult:
+    """Train on ``window`` (``kind="online"``: fine-tune a copy of the champion),
+    evaluate candidate and champion on its holdout, register the candidate with
+    its lineage. Shared by the live job and the backtest."""
     from lifelong_ray.data.schema import Schema
     from lifelong_ray.data.transform import columns_from_table
     from lifelong_ray.data.window import LABEL
-    from lifelong_ray.training.runner import train
+    from lifelong_ray.training.runner import finetune, train
 
     schema = Schema(cfg.model)
-    trained = train(window, cfg, seed, name=f"{cfg.model.name}-{job_id}-{int(time.time())}")
+    if kind == "online":
+        if champion is None:
+            raise ValueError("an incremental step needs a champion to start from")
+        trained = finetune(window, cfg, reg.load(champion), seed)
+    else:
+        trained = train(window, cfg, seed, name=f"{cfg.model.name}-{job_id}-{int(time.time())}")
 
     holdout_cols = columns_from_table(window.holdout, schema)
     truth = window.holdout.column(LABEL).to_numpy(zero_copy_only=False)
@@ -173,6 +190,7 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
         "seed": seed,
         "job_id": job_id,
         "runner": trained.runner,
+        "kind": kind,
         "train_seconds": trained.train_seconds,
         "reference_accuracy": cand_acc,
         "warnings": warnings,
@@ -189,13 +207,13 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
 
 
 def _retrain_task_impl(cfg_dict: dict[str, Any], *, job_id: str, since_t: float | None,
-                       champion: str | None, seed: int) -> dict[str, Any]:
+                       champion: str | None, seed: int, kind: str = "full") -> dict[str, Any]:
     try:
         cfg = parse_config(cfg_dict)
     except Exception as err:  # noqa: BLE001 - nowhere to write: the model name is unknown
         return RetrainResult(job_id, STATUS_FAILED, None, None, None, 0, 0, 0.0, "", f"{type(err).__name__}: {err}",
                              time.time(), champion).to_json()
-    return run_retrain(cfg, job_id=job_id, since_t=since_t, champion=champion, seed=seed).to_json()
+    return run_retrain(cfg, job_id=job_id, since_t=since_t, champion=champion, seed=seed, kind=kind).to_json()
 
 
 _TASK: Any = None

@@ -180,3 +180,26 @@ def train(window: TrainingWindow, cfg: Config, seed: int, *, name: str | None = 
     metrics.update(rows=table.num_rows, total_seconds=time.perf_counter() - start)
     return TrainedModel(state_dict=state, transform=transform, n_in=n_in, classes=classes,
                         train_seconds=seconds, runner=runner, metrics=metrics, estimator=cfg.estimator)
+
+
+def finetune(window: TrainingWindow, cfg: Config, champion: LoadedModel, seed: int) -> TrainedModel:
+    """An incremental step: a copy of ``champion`` (its weights and its fitted
+    transform, unchanged) takes ``training.online_epochs`` epochs at
+    ``training.online_lr`` on the window's rows, in this process."""
+    schema = Schema(cfg.model)
+    classes = [int(c) for c in cfg.model.label.classes]
+    table = dataset_to_arrow(window.train)
+    if table.num_rows == 0:
+        raise ValueError("the incremental window has no training rows")
+    est = cfg.estimator.model_copy(update={"epochs": cfg.training.online_epochs, "lr": cfg.training.online_lr})
+    x = champion.transform.apply(columns_from_table(table, schema))
+    y = class_indices(table.column(LABEL).to_numpy(zero_copy_only=False), classes)
+    init = {k: v.detach().clone() for k, v in champion.module.state_dict().items()}
+    t0 = time.perf_counter()
+    state, info = fit_numpy(x, y, est, len(classes), seed, init_state=init)
+    seconds = time.perf_counter() - t0
+    metrics = {"train_loss": info["train_loss"], "losses": info["losses"], "epochs": info["epochs"],
+               "rows": table.num_rows, "parent": champion.version}
+    return TrainedModel(state_dict=state, transform=champion.transform, n_in=champion.transform.n_out,
+                        classes=classes, train_seconds=seconds, runner="online", metrics=metrics,
+                        estimator=cfg.estimator)

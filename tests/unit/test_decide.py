@@ -240,3 +240,36 @@ def test_a_sequential_alarm_fires_on_one_window():
     d = decide(champion_state(), Observations(quality_windows=[w]), CFG, 200.0)
     assert kinds(d) == ["drift_detected", "retrain_requested"]
     assert "for 2 windows" not in d.events[0].reason
+
+
+ONLINE = CFG.with_overrides(training={"mode": "hybrid", "online_batch": 200, "online_min_gain": 0.02})
+
+
+def test_online_step_starts_on_each_fresh_labeled_batch():
+    st = champion_state(online_labeled_mark=1000)
+    assert kinds(decide(st, Observations(labeled_total=1150), ONLINE, 1.0)) == []
+    d = decide(st, Observations(labeled_total=1200), ONLINE, 1.0)
+    assert kinds(d) == ["retrain_started"] and d.events[0].data["job_kind"] == "online"
+    (a,) = d.actions
+    assert a.job_kind == "online" and a.job_id == "m-online-0001" and d.state.online_labeled_mark == 1200
+    assert decide(st, Observations(labeled_total=5000), CFG, 1.0).events == []  # batch mode: never
+
+
+def test_an_incremental_challenger_must_beat_the_champion_to_be_canaried():
+    st = running(retrain_kind="online")
+    d = decide(st, Observations(retrain_outcome=ok_outcome(cand=0.91, champ=0.90)), ONLINE, 5.0)
+    assert kinds(d)[-1] == "gate_failed" and "required gain 0.02" in d.events[-1].reason
+    assert d.state.last_retrain_finished_t is None  # incremental steps do not start the cooldown
+    d = decide(st, Observations(retrain_outcome=ok_outcome(cand=0.95, champ=0.90)), ONLINE, 5.0)
+    assert kinds(d)[-2:] == ["gate_passed", "canary_started"]
+
+
+def test_a_drift_during_an_incremental_step_queues_a_full_retrain():
+    st = running(retrain_kind="online")
+    wins = [qwin(0, True), qwin(1, True)]
+    d = decide(st, Observations(quality_windows=wins), ONLINE, 5.0)
+    assert kinds(d) == ["drift_detected", "retrain_requested"] and d.state.queued_retrain is not None
+    out = RetrainOutcome(job_id="m-retrain-0001", status="failed", error="x")
+    d2 = decide(d.state, Observations(retrain_outcome=out, labeled_since_retrain=0), ONLINE, 6.0)
+    assert d2.state.retrain == RetrainStage.PENDING and d2.state.queued_retrain is None
+    assert "retrain_started" not in kinds(d2)  # rows since the onset are counted from the next tick

@@ -54,8 +54,10 @@ def _synthetic() -> tuple[list[dict], dict, dict]:
 
 def test_summarize_events_counts_and_skips_bootstrap() -> None:
     events, _, _ = _synthetic()
-    assert summarize_events(events) == {"drifts_detected": 1, "retrains": 2, "promotions": 1, "rollbacks": 1}
-    assert summarize_events([]) == {"drifts_detected": 0, "retrains": 0, "promotions": 0, "rollbacks": 0}
+    assert summarize_events(events) == {"drifts_detected": 1, "retrains": 2, "promotions": 1, "rollbacks": 1,
+                                        "incremental_steps": 0}
+    assert summarize_events([]) == {"drifts_detected": 0, "retrains": 0, "promotions": 0, "rollbacks": 0,
+                                    "incremental_steps": 0}
 
 
 def test_missing_summary_key_is_named() -> None:

@@ -1,0 +1,70 @@
+"""Smoke test of benchmarks/adaptation.py at a tiny size: every method runs and the
+``--json`` output has the documented structure. No timing or quality assertions
+(those are what the benchmark itself measures)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("river")  # benchmark-only dependency: pip install -e '.[bench]'
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("adaptation_bench", ROOT / "benchmarks" / "adaptation.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture
+def restore_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+KEYS = {"accuracy": float, "retrains": int, "train_cpu_seconds": float, "false_alarms": int}
+
+
+def test_json_output_has_every_method_with_the_documented_fields(bench, capsys, restore_torch_threads):
+    rc = bench.main(["--json", "--samples", "3000", "--streams", "recurring", "--arf-streams", "all",
+                     "--workers", "1"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    assert list(out) == ["streams"]
+    assert list(out["streams"]) == ["recurring"]
+    for stream, methods in out["streams"].items():
+        assert list(methods) == list(bench.METHODS), stream
+        for method, row in methods.items():
+            assert set(row) == set(KEYS) | {"mean_detection_delay"}, (stream, method)
+            for key, typ in KEYS.items():
+                assert isinstance(row[key], typ), (stream, method, key)
+            assert row["mean_detection_delay"] is None or isinstance(row["mean_detection_delay"], float)
+            assert 0.0 <= row["accuracy"] <= 1.0 and row["retrains"] >= 0 and row["train_cpu_seconds"] >= 0
+        for method in ("static", "periodic"):  # nothing to detect with
+            assert methods[method]["mean_detection_delay"] is None and methods[method]["false_alarms"] == 0
+        assert methods["static"]["retrains"] == 0
+
+
+def test_config_overrides_and_a_stream_with_another_schema(bench, tmp_path):
+    assert bench.parse_override("drift.accuracy_drop=0.07") == ("drift", "accuracy_drop", 0.07)
+    with pytest.raises(Exception):
+        bench.parse_override("accuracy_drop=0.07")
+    from lifelong_ray.config import load_config
+
+    sea = bench.STREAM_SPECS["sea"].build(500, 0)
+    cfg = bench.config_for(load_config(bench.DEFAULT_CONFIG), sea, str(tmp_path))
+    assert [f.name for f in cfg.model.features] == ["x0", "x1", "x2"]
+    assert cfg.storage.root == str(tmp_path) and cfg.drift == load_config(bench.DEFAULT_CONFIG).drift

@@ -176,20 +176,14 @@ class WindowTracker:
     def step_stats(self, since: float) -> dict[str, VersionStats]:
         """Per-version served/error/labeled/correct counts for rows at or after ``since``."""
         stats: dict[str, VersionStats] = {}
-        for chunk in _since(self._served, since):
-            keep = chunk.t >= since
-            for v in np.unique(chunk.version[keep]):
-                sel = keep & (chunk.version == v)
-                st = stats.setdefault(str(v), VersionStats())
-                st.served += int(sel.sum())
-                st.errors += int(chunk.flag[sel].sum())
-        for chunk in _since(self._joined, since):
-            keep = chunk.t >= since
-            for v in np.unique(chunk.version[keep]):
-                sel = keep & (chunk.version == v)
-                st = stats.setdefault(str(v), VersionStats())
-                st.labeled += int(sel.sum())
-                st.correct += int(chunk.flag[sel].sum())
+        for chunks, total, flagged in ((self._served, "served", "errors"), (self._joined, "labeled", "correct")):
+            for chunk in _since(chunks, since):
+                keep = chunk.t >= since
+                for v in np.unique(chunk.version[keep]):
+                    sel = keep & (chunk.version == v)
+                    st = stats.setdefault(str(v), VersionStats())
+                    setattr(st, total, getattr(st, total) + int(sel.sum()))
+                    setattr(st, flagged, getattr(st, flagged) + int(chunk.flag[sel].sum()))
         return stats
 
 

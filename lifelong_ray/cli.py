@@ -197,25 +197,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> int | list[int]:
-    """``"3000"`` -> 3000, ``"1000,2000"`` -> [1000, 2000] (for --drift-at)."""
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sample indices like 3000 or 1000,2000, got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one sample index")
-    return vals[0] if len(vals) == 1 else vals
+def _number_list(cast: type, example: str):
+    """An argparse type: ``"3000"`` -> 3000, ``"1000,2000"`` -> [1000, 2000]."""
+    def parse(text: str):
+        try:
+            vals = [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {example}, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected {example}")
+        return vals[0] if len(vals) == 1 else vals
+    return parse
 
 
-def _float_list(text: str) -> float | list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.2 or 0.8,0.1, got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals[0] if len(vals) == 1 else vals
+_int_list = _number_list(int, "sample indices like 3000 or 1000,2000")
+_float_list = _number_list(float, "numbers like 0.2 or 0.8,0.1")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -245,7 +241,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     label = args.label or (load_config(args.config).model.label.name if args.config else side.get("label", "y"))
     cfg = load_config(args.config) if args.config else infer_config(table, label)
     drift_at = args.drift_at if args.drift_at is not None else side.get("drift_points", [])
-    s = BacktestSettings(label_delay=args.label_delay, bootstrap=args.bootstrap, drift_at=list(drift_at))
+    drift_at = [drift_at] if isinstance(drift_at, int) else list(drift_at)
+    s = BacktestSettings(label_delay=args.label_delay, bootstrap=args.bootstrap, drift_at=drift_at)
     out_dir = Path(args.report_dir)
     report = Backtest(cfg, table, label, s, storage_root=str(out_dir / "store")).run()
     json_path, png_path = write_report(report, out_dir)

@@ -122,6 +122,12 @@ class TrainingConfig(_Frozen):
     online_lr: float = Field(default=0.005, gt=0)
     online_min_gain: float = Field(default=0.02, ge=0, lt=1,
                                    description="holdout accuracy an incremental challenger must gain to be canaried")
+    settle_retrain: bool = Field(
+        default=True,
+        description="after a drift-triggered version is promoted, retrain once more when window_recent "
+                    "post-drift labeled rows exist; it is canaried only if it gains settle_min_gain")
+    settle_min_gain: float = Field(default=0.005, ge=0, lt=1,
+                                   description="holdout accuracy a settle retrain must gain over the champion")
 
 
 class DriftConfig(_Frozen):
@@ -144,9 +150,29 @@ class DriftConfig(_Frozen):
 
 
 class RolloutConfig(_Frozen):
-    """Gate and canary steps."""
+    """Gate, shadow, canary steps, approvals and probation."""
 
     gate_margin: float = Field(default=0.02, ge=0, lt=1)
+    forgetting_margin: float = Field(
+        default=0.05, ge=0, lt=1,
+        description="the gate refuses a candidate whose replay-holdout accuracy is below the "
+                    "champion's by more than this (catastrophic forgetting)")
+    shadow_fraction: float = Field(default=0.0, ge=0, le=1,
+                                   description="share of requests mirrored to the candidate before its canary")
+    shadow_min_samples: int = Field(default=200, ge=1, description="shadowed requests needed to leave shadow")
+    shadow_min_agreement: float = Field(default=0.0, ge=0, le=1,
+                                        description="candidate/champion agreement below this aborts in shadow")
+    require_approval: list[Literal["canary", "full"]] = Field(
+        default_factory=list,
+        description="'canary': hold before the first canary step; 'full': hold before 100%")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1,
+                              description="confidence of the canary-vs-champion accuracy interval")
+    max_latency_ratio: float = Field(default=3.0, gt=1,
+                                     description="canary p95 latency above this multiple of the champion's fails")
+    probation_labels: int = Field(default=0, ge=0,
+                                  description="late labels a new champion is watched for after promotion (0: off)")
+    probation_margin: float = Field(default=0.03, ge=0, lt=1,
+                                    description="probation rolls back when realized accuracy < previous - margin")
     canary_steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
     min_labeled_per_step: int = Field(default=100, ge=1)
     min_seconds_per_step: float = Field(default=0.0, ge=0)
@@ -164,15 +190,71 @@ class RolloutConfig(_Frozen):
         return v
 
 
+class BurnWindow(_Frozen):
+    """A multi-window burn-rate alert: fires when the burn rate over both the long
+    and the short window exceeds ``burn_rate`` (Google SRE workbook, ch. 5)."""
+
+    long_seconds: float = Field(gt=0)
+    short_seconds: float = Field(gt=0)
+    burn_rate: float = Field(gt=0)
+
+
 class SLOConfig(_Frozen):
-    min_accuracy: float = Field(default=0.7, ge=0, le=1)
+    """Service level objectives; each SLI's error budget is ``1 - objective`` over ``period_seconds``."""
+
+    min_accuracy: float = Field(default=0.7, ge=0, le=1, description="labeled quality objective")
     p95_latency_ms: float = Field(default=250.0, gt=0)
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_label_age_seconds: float = Field(default=3600.0, gt=0, description="data freshness objective")
+    objective: float = Field(default=0.99, gt=0, lt=1,
+                             description="share of good events/minutes the budget allows to miss: 1 - objective")
+    period_seconds: float = Field(default=30 * 86400.0, gt=0, description="error-budget period")
+    fast: BurnWindow = BurnWindow(long_seconds=3600.0, short_seconds=300.0, burn_rate=14.4)
+    slow: BurnWindow = BurnWindow(long_seconds=6 * 3600.0, short_seconds=1800.0, burn_rate=6.0)
+    freeze_when_exhausted: bool = Field(default=True,
+                                        description="spent budget freezes non-urgent rollouts (budget_frozen)")
 
 
 class QuotaConfig(_Frozen):
+    """Compute quotas for retraining; a blocked retrain waits in an impact-ordered queue."""
+
     max_concurrent_retrains: int = Field(default=1, ge=1)
     max_retrains_per_hour: int = Field(default=6, ge=0)
+    cpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training CPU-seconds per 24 h")
+    gpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training GPU-seconds per 24 h")
+    allowed_hours: list[int] | None = Field(
+        default=None, description="UTC hours (0-23) in which non-urgent retrains may start; None: any")
+
+    @field_validator("allowed_hours")
+    @classmethod
+    def _hours(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(not 0 <= h <= 23 for h in v)):
+            raise ValueError("allowed_hours must be a non-empty list of hours 0-23")
+        return v
+
+
+class DataConfig(_Frozen):
+    """Data contracts, feedback, quarantine guards, replay, retention and privacy."""
+
+    label_horizon_seconds: float = Field(default=7 * 86400.0, gt=0,
+                                         description="a label for a prediction older than this is rejected")
+    guard_label_shift: float = Field(
+        default=0.25, gt=0, le=1,
+        description="a labeled batch whose label distribution departs from history by more than this "
+                    "total-variation distance, or whose labels disagree with the champion more than this "
+                    "beyond its usual error, is quarantined")
+    guard_min_rows: int = Field(default=50, ge=1, description="batches smaller than this skip the label guard")
+    guard_out_of_range_fraction: float = Field(
+        default=0.05, gt=0, le=1,
+        description="a batch with more than this share of values far outside the training range is quarantined")
+    guard_range_widths: float = Field(default=3.0, gt=0,
+                                      description="'far outside' = beyond min/max by this many training ranges")
+    replay_capacity: int = Field(default=5000, ge=0, description="reservoir of past labeled rows across concepts")
+    pii_fields: list[str] = Field(default_factory=list,
+                                  description="request fields hashed (salted sha256) before anything is written")
+    pii_salt_env: str = "LIFELONG_PII_SALT"
+    retention_days: float | None = Field(default=None, gt=0, description="drop log partitions older than this")
+    compact_min_files: int = Field(default=32, ge=2, description="compact a day's partition above this many files")
 
 
 class StorageConfig(_Frozen):
@@ -188,6 +270,7 @@ class ServingConfig(_Frozen):
     version_num_cpus: float = Field(default=0.1, gt=0)
     routing_poll_seconds: float = Field(default=0.25, gt=0)
     max_instances_per_request: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     admin_token_env: str = "LIFELONG_ADMIN_TOKEN"
 
 
@@ -205,6 +288,7 @@ class Config(_Frozen):
     rollout: RolloutConfig = RolloutConfig()
     slo: SLOConfig = SLOConfig()
     quota: QuotaConfig = QuotaConfig()
+    data: DataConfig = DataConfig()
     storage: StorageConfig = StorageConfig()
     serving: ServingConfig = ServingConfig()
     controller: ControllerConfig = ControllerConfig()

@@ -27,6 +27,31 @@ class ActionKind(str, Enum):
     RETIRE_VERSION = "retire_version"  # stop serving `version`
 
 
+class CommandKind(str, Enum):
+    """What an operator can ask of the controller (CLI or admin HTTP)."""
+
+    APPROVE = "approve"    # let a rollout held for approval go on (`version` names it)
+    ROLLBACK = "rollback"  # abort the canary, or go back to the previous champion
+    RETRAIN = "retrain"    # request a full retrain now (quota still applies)
+    PAUSE = "pause"        # no new retrains or rollout steps; traffic stays as it is
+    RESUME = "resume"
+
+
+class OperatorCommand(BaseModel):
+    """One operator command, written to storage by the CLI or the admin endpoint and
+    taken in by the controller exactly once (by ``id``); who and why go to the audit log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: CommandKind
+    model: str
+    version: str | None = None
+    who: str = "unknown"
+    why: str = ""
+    t: float = 0.0
+
+
 class Action(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -160,3 +185,4 @@ class Observations(BaseModel):
     labeled_since_t: float | None = None  # the retrain_since_t that labeled_since_retrain counts from
     retrain_outcome: RetrainOutcome | None = None
     candidate_reference_accuracy: float | None = None
+    commands: list[OperatorCommand] = Field(default_factory=list)  # operator commands not yet taken in

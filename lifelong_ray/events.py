@@ -47,6 +47,10 @@ class EventKind(str, Enum):
     QUARANTINED = "quarantined"
     PAUSED = "paused"
     RESUMED = "resumed"
+    # Additions beyond DESIGN.md §4 (extensions, never renames):
+    QUARANTINE_RELEASED = "quarantine_released"  # an operator released a quarantined batch after review
+    BUDGET_UNFROZEN = "budget_unfrozen"          # the error budget recovered; rollouts may go on
+    ROLLOUT_ABORTED = "rollout_aborted"          # a candidate stopped before any canary traffic (shadow, approval)
 
 
 class Event(BaseModel):

@@ -78,7 +78,7 @@ from lifelong_ray.config import Config, load_config, parse_config  # noqa: E402
 from lifelong_ray.sim import streams as gen  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "configs" / "benchmark.yaml"
-METHODS = ("static", "periodic", "lifelong", "river-hat", "river-arf")
+METHODS = ("static", "periodic", "lifelong", "lifelong-hybrid", "river-hat", "river-arf")
 RIVER_METHODS = ("river-hat", "river-arf")
 STREAMS = ("abrupt", "sea", "gradual", "recurring", "stationary")
 #: Streams river-arf runs on by default (about 3 CPU minutes per 100,000 samples).
@@ -315,6 +315,12 @@ def run_lifelong(job: Job, stream: gen.Stream, cfg: Config) -> MethodResult:
                                "incremental_steps": online})
 
 
+def run_lifelong_hybrid(job: Job, stream: gen.Stream, cfg: Config) -> MethodResult:
+    """The same loop with ``training.mode: hybrid``: between full retrains, a copy of the
+    champion is fine-tuned on each fresh labeled mini-batch and canaried if it gains."""
+    return run_lifelong(job, stream, cfg.with_overrides(training={"mode": "hybrid"}))
+
+
 def _river_model(method: str, stream: gen.Stream, seed: int) -> tuple[Any, Any]:
     from river import compose, forest, preprocessing, tree
 
@@ -368,6 +374,7 @@ def run_river(job: Job, stream: gen.Stream, cfg: Config) -> MethodResult:
 
 RUNNERS: dict[str, Callable[[Job, gen.Stream, Config], MethodResult]] = {
     "static": run_static, "periodic": run_periodic, "lifelong": run_lifelong,
+    "lifelong-hybrid": run_lifelong_hybrid,
     "river-hat": run_river, "river-arf": run_river,
 }
 
@@ -405,7 +412,7 @@ def _init_worker() -> None:
 # the run
 # ---------------------------------------------------------------------------
 #: Rough relative cost per sample, to start the slowest jobs first.
-_COST = {"river-arf": 10.0, "periodic": 2.5, "lifelong": 2.5, "river-hat": 1.8, "static": 0.2}
+_COST = {"river-arf": 10.0, "lifelong-hybrid": 6.0, "periodic": 2.5, "lifelong": 2.5, "river-hat": 1.8, "static": 0.2}
 
 
 def run_benchmark(*, n: int, streams: list[str], methods: list[str], seed: int = 0, bootstrap: int = 2000,

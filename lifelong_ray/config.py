@@ -122,10 +122,12 @@ class TrainingConfig(_Frozen):
     online_lr: float = Field(default=0.005, gt=0)
     online_min_gain: float = Field(default=0.02, ge=0, lt=1,
                                    description="holdout accuracy an incremental challenger must gain to be canaried")
-    settle_retrain: bool = Field(
-        default=True,
-        description="after a drift-triggered version is promoted, retrain once more when window_recent "
-                    "post-drift labeled rows exist; it is canaried only if it gains settle_min_gain")
+    settle_retrains: int = Field(
+        default=1, ge=0,
+        description="follow-up retrains per drift: after a drift-triggered version is promoted, retrain on "
+                    "the newest window_recent rows once that many fresh labeled rows exist; canaried only "
+                    "if it gains settle_min_gain; a promoted settle version may be followed by another, up to "
+                    "this many per drift (0: off)")
     settle_min_gain: float = Field(default=0.005, ge=0, lt=1,
                                    description="holdout accuracy a settle retrain must gain over the champion")
 
@@ -240,21 +242,43 @@ class DataConfig(_Frozen):
                                          description="a label for a prediction older than this is rejected")
     guard_label_shift: float = Field(
         default=0.25, gt=0, le=1,
-        description="a labeled batch whose label distribution departs from history by more than this "
-                    "total-variation distance, or whose labels disagree with the champion more than this "
-                    "beyond its usual error, is quarantined")
+        description="a labeled batch whose label distribution departs from recent history by more than this "
+                    "total-variation distance (and significantly, see guard_pvalue) is quarantined")
+    guard_disagreement_margin: float = Field(
+        default=0.1, gt=0, le=1,
+        description="a labeled batch whose labels disagree with the champion's predictions this much more "
+                    "often than the champion's recent live error (and significantly) is quarantined")
+    guard_pvalue: float = Field(default=0.001, gt=0, lt=1,
+                                description="significance level of the label guard's tests")
     guard_min_rows: int = Field(default=50, ge=1, description="batches smaller than this skip the label guard")
     guard_out_of_range_fraction: float = Field(
         default=0.05, gt=0, le=1,
-        description="a batch with more than this share of values far outside the training range is quarantined")
-    guard_range_widths: float = Field(default=3.0, gt=0,
+        description="a batch with more than this share of rows far outside the training range is quarantined")
+    guard_range_widths: float = Field(default=0.5, gt=0,
                                       description="'far outside' = beyond min/max by this many training ranges")
     replay_capacity: int = Field(default=5000, ge=0, description="reservoir of past labeled rows across concepts")
-    pii_fields: list[str] = Field(default_factory=list,
-                                  description="request fields hashed (salted sha256) before anything is written")
-    pii_salt_env: str = "LIFELONG_PII_SALT"
+    pii_fields: list[str] = Field(
+        default_factory=list,
+        description="request fields hashed (salted sha256) before anything is written; allowed: 'key' "
+                    "(the routing key). Features are never hashed: that would make serving differ from training")
+    pii_salt_env: str = Field(default="LIFELONG_PII_SALT",
+                              description="environment variable holding the PII salt (required when pii_fields is set)")
     retention_days: float | None = Field(default=None, gt=0, description="drop log partitions older than this")
     compact_min_files: int = Field(default=32, ge=2, description="compact a day's partition above this many files")
+
+    @field_validator("pii_fields")
+    @classmethod
+    def _pii(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if f not in PII_FIELDS]
+        if bad:
+            raise ValueError(f"{bad} cannot be hashed: only {list(PII_FIELDS)} may be (a feature is never "
+                             "hashed: the model would see hashes when serving but raw values when training, "
+                             "a train/serve skew)")
+        return v
+
+
+#: Request fields that :attr:`DataConfig.pii_fields` may name.
+PII_FIELDS: tuple[str, ...] = ("key",)
 
 
 class StorageConfig(_Frozen):
@@ -271,7 +295,10 @@ class ServingConfig(_Frozen):
     routing_poll_seconds: float = Field(default=0.25, gt=0)
     max_instances_per_request: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
-    admin_token_env: str = "LIFELONG_ADMIN_TOKEN"
+    admin_token_env: str = Field(default="LIFELONG_ADMIN_TOKEN",
+                                 description="env var holding the bearer token of the admin endpoints")
+    admin_token_file: str | None = Field(
+        default=None, description="file holding the admin bearer token (read by the ingress; wins over the env var)")
 
 
 class ControllerConfig(_Frozen):

@@ -51,6 +51,8 @@ class EventKind(str, Enum):
     QUARANTINE_RELEASED = "quarantine_released"  # an operator released a quarantined batch after review
     BUDGET_UNFROZEN = "budget_unfrozen"          # the error budget recovered; rollouts may go on
     ROLLOUT_ABORTED = "rollout_aborted"          # a candidate stopped before any canary traffic (shadow, approval)
+    PROBATION_PASSED = "probation_passed"        # a new champion's late labels held up; the previous one retires
+    COMMAND_REJECTED = "command_rejected"        # an operator command that did not apply now, with why
 
 
 class Event(BaseModel):

@@ -57,6 +57,7 @@ class _Tick:
     s: ControllerState
     cfg: Config
     now: float
+    obs: Observations
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -75,13 +76,14 @@ class _Tick:
 
 
 def decide(state: ControllerState, obs: Observations, cfg: Config, now: float) -> Decision:
-    tick = _Tick(state.model_copy(deep=True), cfg, now)
+    tick = _Tick(state.model_copy(deep=True), cfg, now, obs)
     tick.s.seq += 1
     tick.s.last_tick_t = now
     _take_retrain_outcome(tick, obs)
     _analyze_canary(tick, obs)
     _watch_drift(tick, obs)
     _bootstrap(tick, obs)
+    _schedule_settle(tick, obs)
     _schedule_retrain(tick, obs)
     _schedule_online(tick, obs)
     _retire(tick)
@@ -138,10 +140,11 @@ def _take_retrain_outcome(tick: _Tick, obs: Observations) -> None:
     if s.champion is None:
         _first_promotion(tick, out)
         return
-    online = s.retrain_kind == "online"
+    tc = tick.cfg.training
+    min_gain = tc.online_min_gain if s.retrain_kind == "online" else \
+        tc.settle_min_gain if s.retrain_purpose == "settle" else None
     verdict = gate(candidate_accuracy=out.candidate_accuracy, champion_accuracy=out.champion_accuracy,
-                   margin=tick.cfg.rollout.gate_margin, rows=out.holdout_rows,
-                   min_gain=tick.cfg.training.online_min_gain if online else None)
+                   margin=tick.cfg.rollout.gate_margin, rows=out.holdout_rows, min_gain=min_gain)
     if verdict.verdict != Verdict.SUCCESSFUL:
         tick.emit(EventKind.GATE_FAILED, f"{verdict.reason}; {s.champion} keeps serving", v,
                   candidate_accuracy=out.candidate_accuracy, champion_accuracy=out.champion_accuracy)
@@ -173,7 +176,7 @@ def _start_canary(tick: _Tick, out: RetrainOutcome) -> None:
     s.step_index = 0
     s.step_started_t = tick.now
     s.gate = {"candidate_accuracy": out.candidate_accuracy, "champion_accuracy": out.champion_accuracy,
-              "holdout_rows": out.holdout_rows}
+              "holdout_rows": out.holdout_rows, "kind": s.retrain_kind, "purpose": s.retrain_purpose}
     w = float(tick.cfg.rollout.canary_steps[0])
     tick.act(ActionKind.DEPLOY_VERSION, version=v)
     tick.act(ActionKind.SET_ALIAS, alias="canary", version=v)
@@ -230,6 +233,7 @@ def _promote(tick: _Tick, reason: str) -> None:
     if old is not None:
         s.retiring[old] = tick.now
     _reset_monitors(s)
+    _arm_settle(tick)
     tick.emit(EventKind.PROMOTED, f"{reason}; {new} takes 100%, replacing {old}", new, previous=old)
 
 
@@ -292,8 +296,36 @@ def _watch_drift(tick: _Tick, obs: Observations) -> None:
             _request_retrain(tick, s.quality_streak_start_t, reason)
 
 
-def _request_retrain(tick: _Tick, since_t: float | None, reason: str) -> None:
+def _arm_settle(tick: _Tick) -> None:
+    """After promoting a full retrain made for a drift (or a settle that gained),
+    schedule the follow-up: once ``window_recent`` fresh labeled rows exist, retrain
+    on them. The version trained right after a drift has seen only ``min_rows``
+    rows, partly from mid-change; the follow-up is canaried only if it gains."""
+    s, tc = tick.s, tick.cfg.training
+    purpose = s.gate.get("purpose")
+    if s.gate.get("kind") == "online" or purpose not in ("drift", "settle"):
+        return
+    if purpose == "drift":
+        s.settles_left = tc.settle_retrains
+    if s.settles_left > 0:
+        s.settle_due_labeled = tick.obs.labeled_total + tc.window_recent
+
+
+def _schedule_settle(tick: _Tick, obs: Observations) -> None:
     s = tick.s
+    if s.settle_due_labeled is None or s.paused or s.retrain != RetrainStage.IDLE \
+            or s.rollout != RolloutStage.STABLE or obs.labeled_total < s.settle_due_labeled:
+        return
+    fresh = obs.labeled_total - (s.settle_due_labeled - tick.cfg.training.window_recent)
+    s.settles_left -= 1
+    s.settle_due_labeled = None
+    _pend(tick, None, f"settle: {fresh} labeled rows since {s.champion} was promoted after a drift;"
+                      f" retraining on the newest {tick.cfg.training.window_recent}", purpose="settle")
+
+
+def _request_retrain(tick: _Tick, since_t: float | None, reason: str, purpose: str = "drift") -> None:
+    s = tick.s
+    s.settles_left, s.settle_due_labeled = 0, None  # a new drift supersedes a pending follow-up
     if tick.cfg.training.mode == "online" and s.champion is not None:
         return  # online mode adapts by incremental steps only
     if s.retrain == RetrainStage.PENDING:
@@ -301,18 +333,19 @@ def _request_retrain(tick: _Tick, since_t: float | None, reason: str) -> None:
     busy = s.retrain != RetrainStage.IDLE or s.rollout != RolloutStage.STABLE
     if busy and s.retrain_kind == "online":
         # An incremental step is in flight: a full retrain follows it, not lost.
-        s.queued_retrain = {"since_t": since_t, "reason": reason}
+        s.queued_retrain = {"since_t": since_t, "reason": reason, "purpose": purpose}
         tick.emit(EventKind.RETRAIN_REQUESTED, f"{reason}; queued behind incremental job {s.retrain_job_id}",
                   s.champion, since_t=since_t, queued=True)
         return
     if busy:
         return  # a full retrain's candidate is already in flight
-    _pend(tick, since_t, reason)
+    _pend(tick, since_t, reason, purpose=purpose)
 
 
-def _pend(tick: _Tick, since_t: float | None, reason: str, announce: bool = True) -> None:
+def _pend(tick: _Tick, since_t: float | None, reason: str, announce: bool = True, purpose: str = "drift") -> None:
     s = tick.s
     s.retrain = transition(s.retrain, RetrainStage.PENDING)
+    s.retrain_purpose = purpose
     s.retrain_since_t = since_t
     s.retrain_reason = reason
     s.retrain_deferred_reason = ""
@@ -324,14 +357,15 @@ def _bootstrap(tick: _Tick, obs: Observations) -> None:
     s = tick.s
     if s.champion is None and s.retrain == RetrainStage.IDLE and not s.paused \
             and obs.labeled_total >= tick.cfg.training.min_rows:
-        _request_retrain(tick, None, f"no champion yet; {obs.labeled_total} labeled rows available")
+        _request_retrain(tick, None, f"no champion yet; {obs.labeled_total} labeled rows available",
+                         purpose="bootstrap")
 
 
 def _schedule_retrain(tick: _Tick, obs: Observations) -> None:
     s, cfg = tick.s, tick.cfg
     if s.queued_retrain and s.retrain == RetrainStage.IDLE and s.rollout == RolloutStage.STABLE:
         queued, s.queued_retrain = s.queued_retrain, None
-        _pend(tick, queued["since_t"], queued["reason"], announce=False)
+        _pend(tick, queued["since_t"], queued["reason"], announce=False, purpose=queued.get("purpose", "drift"))
     if s.retrain != RetrainStage.PENDING or s.paused:
         return
     blocked = _quota_blocker(s, cfg, tick.now)

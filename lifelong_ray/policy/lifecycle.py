@@ -21,10 +21,18 @@ class IllegalTransition(RuntimeError):
 
 
 class RolloutStage(str, Enum):
-    """Where the model's traffic split stands."""
+    """Where the model's candidate stands on its way to taking all traffic.
 
-    STABLE = "stable"   # the champion (if any) takes all traffic
-    CANARY = "canary"   # a candidate takes a growing share, step by step
+    ``STABLE`` -> [``SHADOW``] -> [``APPROVAL``] -> ``CANARY`` steps -> [``APPROVAL``]
+    -> champion (``PROBATION`` when configured, then ``STABLE``); a rollback or an
+    abort returns to ``STABLE`` from any stage.
+    """
+
+    STABLE = "stable"        # the champion (if any) takes all traffic; no candidate
+    SHADOW = "shadow"        # the candidate answers mirrored requests; its answers are logged, never returned
+    APPROVAL = "approval"    # held for an operator's approval (before the canary, or before 100%)
+    CANARY = "canary"        # the candidate takes a growing share, step by step
+    PROBATION = "probation"  # a new champion at 100%, the previous one kept ready, watched on late labels
 
 
 class RetrainStage(str, Enum):
@@ -36,9 +44,16 @@ class RetrainStage(str, Enum):
 
 
 ROLLOUT_TRANSITIONS: dict[RolloutStage, frozenset[RolloutStage]] = {
-    RolloutStage.STABLE: frozenset({RolloutStage.CANARY}),
-    # CANARY -> CANARY is a step up; -> STABLE is promotion or rollback.
-    RolloutStage.CANARY: frozenset({RolloutStage.CANARY, RolloutStage.STABLE}),
+    RolloutStage.STABLE: frozenset({RolloutStage.SHADOW, RolloutStage.APPROVAL, RolloutStage.CANARY}),
+    # SHADOW -> STABLE: aborted (disagreement, worse on labels, operator)
+    RolloutStage.SHADOW: frozenset({RolloutStage.APPROVAL, RolloutStage.CANARY, RolloutStage.STABLE}),
+    # APPROVAL -> CANARY: approved for canary; -> PROBATION/STABLE: approved for 100%; -> STABLE: rolled back
+    RolloutStage.APPROVAL: frozenset({RolloutStage.CANARY, RolloutStage.PROBATION, RolloutStage.STABLE}),
+    # CANARY -> CANARY is a step up; -> APPROVAL holds before 100%; -> PROBATION/STABLE: promoted or rolled back
+    RolloutStage.CANARY: frozenset({RolloutStage.CANARY, RolloutStage.APPROVAL, RolloutStage.PROBATION,
+                                    RolloutStage.STABLE}),
+    # PROBATION -> STABLE: passed, or rolled back to the previous champion
+    RolloutStage.PROBATION: frozenset({RolloutStage.STABLE}),
 }
 
 RETRAIN_TRANSITIONS: dict[RetrainStage, frozenset[RetrainStage]] = {

@@ -11,10 +11,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lifelong_ray.drift.monitor import MonitorState
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
+from lifelong_ray.policy.slo import BudgetStatus
 
 STATE_SCHEMA_VERSION = 1
 
@@ -92,6 +93,9 @@ class ControllerState(BaseModel):
     retrain_count: int = 0
     retrain_job_id: str | None = None
     retrain_kind: str = "full"
+    retrain_purpose: str = "drift"  # why the current/last job runs: bootstrap | drift | settle | operator
+    settles_left: int = 0  # follow-up (settle) retrains still allowed for the current drift
+    settle_due_labeled: int | None = None  # labeled_total at which the next settle retrain is due
     online_labeled_mark: int = 0  # labeled rows seen when the last incremental step started
     queued_retrain: dict[str, Any] | None = None  # a full retrain asked for while an incremental step ran
     retrain_since_t: float | None = None
@@ -114,12 +118,24 @@ class ControllerState(BaseModel):
 
 
 class VersionStats(BaseModel):
-    """Traffic and labeled quality of one version over a span of time."""
+    """Traffic, latency and labeled quality of one version over a span of time."""
 
-    served: int = 0
-    errors: int = 0
-    labeled: int = 0
-    correct: int = 0
+    served: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    labeled: int = Field(default=0, ge=0)
+    correct: int = Field(default=0, ge=0)
+    latency_p95_ms: float | None = Field(default=None, ge=0)  # None: no measured latency
+    latency_samples: int = Field(default=0, ge=0)  # served rows with a measured latency
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VersionStats":
+        if self.errors > self.served:
+            raise ValueError(f"errors ({self.errors}) cannot exceed served ({self.served})")
+        if self.correct > self.labeled:
+            raise ValueError(f"correct ({self.correct}) cannot exceed labeled ({self.labeled})")
+        if self.latency_samples > self.served:
+            raise ValueError(f"latency_samples ({self.latency_samples}) cannot exceed served ({self.served})")
+        return self
 
     @property
     def accuracy(self) -> float | None:
@@ -186,3 +202,4 @@ class Observations(BaseModel):
     retrain_outcome: RetrainOutcome | None = None
     candidate_reference_accuracy: float | None = None
     commands: list[OperatorCommand] = Field(default_factory=list)  # operator commands not yet taken in
+    budget: BudgetStatus | None = None  # SLO error budgets (WindowTracker.budget); None: not measured

@@ -138,6 +138,11 @@ def _cleanup_run(cfg: Config, name: str) -> None:
         log.warning("could not remove Ray Train run dir %s: %s", name, err)
 
 
+def _threads(cfg: Config) -> int:
+    """Torch threads for an in-process fit: the CPUs one training worker is given."""
+    return max(1, int(cfg.training.cpus_per_worker))
+
+
 def train(window: TrainingWindow, cfg: Config, seed: int, *, name: str | None = None) -> TrainedModel:
     """Fit the transform and the estimator of ``cfg`` on ``window.train``."""
     spec = cfg.model
@@ -154,7 +159,7 @@ def train(window: TrainingWindow, cfg: Config, seed: int, *, name: str | None = 
         x = transform.apply(columns_from_table(table, schema))
         y = class_indices(table.column(LABEL).to_numpy(zero_copy_only=False), classes)
         t0 = time.perf_counter()
-        state, info = fit_numpy(x, y, cfg.estimator, len(classes), seed)
+        state, info = fit_numpy(x, y, cfg.estimator, len(classes), seed, threads=_threads(cfg))
         seconds = time.perf_counter() - t0
         metrics = {"train_loss": info["train_loss"], "losses": info["losses"], "epochs": info["epochs"]}
     elif runner == "ray":
@@ -196,7 +201,7 @@ def finetune(window: TrainingWindow, cfg: Config, champion: LoadedModel, seed: i
     y = class_indices(table.column(LABEL).to_numpy(zero_copy_only=False), classes)
     init = {k: v.detach().clone() for k, v in champion.module.state_dict().items()}
     t0 = time.perf_counter()
-    state, info = fit_numpy(x, y, est, len(classes), seed, init_state=init)
+    state, info = fit_numpy(x, y, est, len(classes), seed, init_state=init, threads=_threads(cfg))
     seconds = time.perf_counter() - t0
     metrics = {"train_loss": info["train_loss"], "losses": info["losses"], "epochs": info["epochs"],
                "rows": table.num_rows, "parent": champion.version}

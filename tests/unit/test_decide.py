@@ -273,3 +273,48 @@ def test_a_drift_during_an_incremental_step_queues_a_full_retrain():
     d2 = decide(d.state, Observations(retrain_outcome=out, labeled_since_retrain=0), ONLINE, 6.0)
     assert d2.state.retrain == RetrainStage.PENDING and d2.state.queued_retrain is None
     assert "retrain_started" not in kinds(d2)  # rows since the onset are counted from the next tick
+
+
+def _promote_last_step(purpose: str, labeled_total: int):
+    """A canary at its last step before 100% that the analysis promotes."""
+    st = canary(step=1, retrain_purpose=purpose)
+    st.gate.update(kind="full", purpose=purpose)
+    stats = {"v0002": VersionStats(served=500, labeled=200, correct=190),
+             "v0001": VersionStats(served=500, labeled=200, correct=188)}
+    return decide(st, Observations(step_stats=stats, labeled_total=labeled_total), CFG, 50.0)
+
+
+@pytest.mark.parametrize("purpose, due", [("drift", 5000 + CFG.training.window_recent), ("bootstrap", None)])
+def test_promoting_a_drift_retrain_arms_one_settle_retrain(purpose, due):
+    d = _promote_last_step(purpose, labeled_total=5000)
+    assert "promoted" in kinds(d)
+    assert d.state.settle_due_labeled == due
+
+
+def test_settle_retrain_starts_once_enough_fresh_rows_and_needs_a_gain():
+    d = _promote_last_step("drift", labeled_total=5000)
+    st = d.state
+    due = st.settle_due_labeled
+    assert kinds(decide(st, Observations(labeled_total=due - 1), CFG, 60.0)) == []
+    d = decide(st, Observations(labeled_total=due), CFG, 90.0)
+    assert kinds(d) == ["retrain_requested", "retrain_started"]
+    assert d.state.retrain_purpose == "settle" and d.state.settles_left == 0 and d.state.settle_due_labeled is None
+    assert d.actions[0].since_t is None  # the newest window_recent rows, not since the old onset
+    # its candidate is canaried only if it gains settle_min_gain over the champion
+    st = d.state
+    gain = CFG.training.settle_min_gain
+    job = st.retrain_job_id
+    small = RetrainOutcome(job_id=job, status="ok", version="v0003", candidate_accuracy=0.9 + gain / 2,
+                           champion_accuracy=0.9, holdout_rows=300)
+    assert kinds(decide(st, Observations(retrain_outcome=small), CFG, 120.0))[-1] == "gate_failed"
+    big = small.model_copy(update={"candidate_accuracy": 0.9 + 2 * gain})
+    assert kinds(decide(st, Observations(retrain_outcome=big), CFG, 120.0))[-1] == "canary_started"
+
+
+def test_a_new_drift_cancels_a_pending_settle():
+    st = _promote_last_step("drift", labeled_total=5000).state
+    st.retiring.clear()
+    wins = [qwin(i, True).model_copy(update={"champion": "v0002"}) for i in (0, 1)]
+    d = decide(st, Observations(quality_windows=wins, labeled_total=5100), CFG, 200.0)
+    assert "drift_detected" in kinds(d)
+    assert d.state.settle_due_labeled is None and d.state.settles_left == 0

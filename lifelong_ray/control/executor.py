@@ -64,7 +64,7 @@ class Executor:
 
     def _set_routing(self, a: Action) -> None:
         table = RoutingTable(model=self.cfg.model.name, generation=a.generation, weights=a.weights,
-                             champion=a.champion)
+                             champion=a.champion, shadow=a.shadow, shadow_fraction=a.shadow_fraction)
         write_routing(self.storage, table)
 
     def _retire(self, a: Action) -> None:

@@ -17,19 +17,22 @@ import pandas as pd
 import pyarrow as pa
 
 from lifelong_ray.config import Config
+from lifelong_ray.control.commands import read_commands
 from lifelong_ray.control.windows import WindowTracker
 from lifelong_ray.data.logs import LABELED_META, LogTail, ModelLogs
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.drift.reference import Reference
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
-from lifelong_ray.policy.model import ControllerState, Observations, RetrainOutcome
+from lifelong_ray.policy.model import ControllerState, Observations, RetrainOutcome, ShadowStats
 from lifelong_ray.registry.store import Registry
 from lifelong_ray.storage import Storage
 from lifelong_ray.training.retrain import job_path
 
 log = logging.getLogger(__name__)
 
-_SERVED_COLS = ["request_id", "t", "version", "prediction", "error"]
+_SERVED_COLS = ["request_id", "t", "version", "prediction", "error", "latency_ms"]
+#: rows of served/shadow predictions and labels kept for the shadow comparison
+_SHADOW_MEMORY = 100_000
 
 
 class Observer:
@@ -48,6 +51,9 @@ class Observer:
         self._early_labels = pd.DataFrame(columns=["request_id", "t", "label"])
         self._labeled_ids: set[str] = set()
         self._labeled_t = np.empty(0)  # every labeled row's t (joined and batch-ingested)
+        # for the shadow comparison: recent answers (served and mirrored) and labels by request_id
+        self._answers = pd.DataFrame(columns=["request_id", "t", "version", "prediction", "shadow"])
+        self._labels = pd.DataFrame(columns=["request_id", "label"])
         self._load_labeled_history()
 
     def _load_reference(self, version: str) -> Reference:
@@ -78,18 +84,40 @@ class Observer:
             labeled_since_retrain=int((self._labeled_t >= (state.retrain_since_t or -np.inf)).sum()),
             labeled_since_t=state.retrain_since_t,
         )
-        if state.rollout == RolloutStage.CANARY and state.step_started_t is not None:
-            obs.step_stats = self.tracker.step_stats(state.step_started_t)
+        if state.rollout != RolloutStage.STABLE and state.step_started_t is not None:
+            obs.step_stats = self.tracker.step_stats(state.step_started_t)  # canary step or probation
         if state.retrain == RetrainStage.RUNNING and state.retrain_job_id:
             obs.retrain_outcome = self._outcome(state.retrain_job_id)
+        obs.shadow_stats = self._shadow_stats(state)
+        obs.budget = self.tracker.budget(now)
+        obs.commands = read_commands(self.storage, self.cfg.model.name, done=set(state.commands_done))
         return obs
+
+    def _shadow_stats(self, state: ControllerState) -> ShadowStats | None:
+        """The candidate's mirrored answers against the served ones for the same requests."""
+        if state.shadow_started_t is None or state.candidate is None:
+            return None
+        a = self._answers[self._answers["t"] >= state.shadow_started_t]
+        mirrored = a[a["shadow"] & (a["version"] == state.candidate)]
+        served = a[~a["shadow"]]
+        both = mirrored.merge(served, on="request_id", suffixes=("_cand", "_champ"))
+        labeled = both.merge(self._labels, on="request_id")
+        return ShadowStats(
+            compared=len(both), agree=int((both["prediction_cand"] == both["prediction_champ"]).sum()),
+            labeled=len(labeled),
+            candidate_correct=int((labeled["prediction_cand"] == labeled["label"]).sum()),
+            champion_correct=int((labeled["prediction_champ"] == labeled["label"]).sum()))
 
     def _read_predictions(self) -> None:
         table = self._pred_tail.read_new()
         if table is None:
             return
         df = table.to_pandas()
-        df = df[~df["shadow"].fillna(False).astype(bool)].sort_values("t", kind="stable")
+        shadow = df["shadow"].fillna(False).astype(bool)
+        answers = df.loc[df["error"].isna(), ["request_id", "t", "version", "prediction"]].assign(
+            shadow=shadow[df["error"].isna()].to_numpy())
+        self._answers = _tail(self._answers, answers)
+        df = df[~shadow].sort_values("t", kind="stable")
         df = df[_SERVED_COLS + self.schema.names]
         self.tracker.add_served(df)
         fresh = df[df["error"].isna() & ~df["request_id"].isin(self._labeled_ids)].set_index("request_id")
@@ -128,6 +156,7 @@ class Observer:
         })
         self._lab_tail.seen.add(self.logs.append_labeled(table, now))
         self._labeled_ids.update(joined["request_id"])
+        self._labels = _tail(self._labels, joined[["request_id", "label"]])
         self._labeled_t = np.concatenate([self._labeled_t, joined["t"].to_numpy(dtype=float)])
         self.tracker.add_joined(joined)
 
@@ -143,6 +172,12 @@ class Observer:
             return None
         data = self.storage.read_json(path)
         return RetrainOutcome.model_validate({k: data[k] for k in RetrainOutcome.model_fields if k in data})
+
+
+def _tail(frame: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``new`` appended, keeping the newest ``_SHADOW_MEMORY`` rows."""
+    both = pd.concat([frame, new], ignore_index=True) if not frame.empty else new.reset_index(drop=True)
+    return both.iloc[-_SHADOW_MEMORY:]
 
 
 def _column(table: pa.Table, name: str, categorical: bool) -> np.ndarray:

@@ -10,7 +10,11 @@ on identical observations.
 * quality windows: every ``drift.label_window`` joined labels, the champion's
   accuracy against its reference accuracy, with the CUSUM change point of its
   correctness when the window is flagged;
-* step stats: per-version traffic, errors and labeled accuracy since a time.
+* step stats: per-version traffic, errors, p95 latency and labeled accuracy
+  since a time;
+* SLO error budgets: every served row and joined label also goes into
+  time-bucketed SLI counts (:class:`~lifelong_ray.policy.slo.SLIBuckets`, bounded
+  to the SLO period) that :meth:`WindowTracker.budget` evaluates.
 
 Window indices count from the first row ever fed, so a tracker rebuilt from the
 logs after a restart numbers them as before; the controller state remembers
@@ -19,8 +23,10 @@ the next index to decide on.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +37,7 @@ from lifelong_ray.drift.feature import feature_drift
 from lifelong_ray.drift.performance import PageHinkley, accuracy_check, change_point
 from lifelong_ray.drift.reference import Reference
 from lifelong_ray.policy.model import ControllerState, FeatureWindow, QualityWindow, VersionStats
+from lifelong_ray.policy.slo import BudgetStatus, SLIBuckets, evaluate_budget
 
 
 @dataclass
@@ -38,6 +45,7 @@ class _Chunk:
     t: np.ndarray
     version: np.ndarray
     flag: np.ndarray  # served: error; joined: correct
+    latency: np.ndarray | None = None  # served: latency_ms (NaN: not measured)
 
     @property
     def t_max(self) -> float:
@@ -61,21 +69,28 @@ class WindowTracker:
         self.quality_index = 0
         self._ph: PageHinkley | None = None
         self._ph_version: str | None = None
+        self._sli = SLIBuckets.for_config(cfg.slo)
 
     # -- feeding ------------------------------------------------------------------
     def add_served(self, rows: pd.DataFrame) -> None:
-        """Served, non-shadow rows in time order: t, version, error (None if ok), features."""
+        """Served, non-shadow rows in time order: t, version, error (None if ok),
+        latency_ms (optional: a missing column or NaN is "not measured"), features."""
         if rows.empty:
             return
         err = rows["error"].notna().to_numpy()
-        self._served.append(_Chunk(rows["t"].to_numpy(dtype=float), rows["version"].to_numpy(dtype=object), err))
+        t = rows["t"].to_numpy(dtype=float)
+        latency = (rows["latency_ms"].to_numpy(dtype=float, na_value=np.nan) if "latency_ms" in rows
+                   else np.full(len(rows), np.nan))
+        self._served.append(_Chunk(t, rows["version"].to_numpy(dtype=object), err, latency))
+        self._sli.add_served(t, err, latency)
         ok = rows[~err]
         if len(ok):
             self._feature_buf.append(ok[["t", *self.schema.names]])
             self._feature_buf_rows += len(ok)
 
     def add_joined(self, rows: pd.DataFrame) -> None:
-        """Labeled predictions: t (prediction time), version, prediction, label."""
+        """Labeled predictions: t (prediction time), version, prediction, label, and
+        optionally t_label (when the label arrived; without it, at prediction time)."""
         if rows.empty:
             return
         part = pd.DataFrame({"t": rows["t"].to_numpy(dtype=float),
@@ -83,6 +98,8 @@ class WindowTracker:
                              "correct": rows["prediction"].to_numpy() == rows["label"].to_numpy()})
         self._joined.append(_Chunk(part["t"].to_numpy(), part["version"].to_numpy(dtype=object),
                                    part["correct"].to_numpy()))
+        arrival = rows["t_label"].to_numpy(dtype=float) if "t_label" in rows else part["t"].to_numpy()
+        self._sli.add_labels(arrival, part["t"].to_numpy(), part["correct"].to_numpy())
         self._quality_buf.append(part)
         self._quality_buf_rows += len(part)
 
@@ -174,17 +191,31 @@ class WindowTracker:
         return float(t[order][k]) if k is not None else None
 
     def step_stats(self, since: float) -> dict[str, VersionStats]:
-        """Per-version served/error/labeled/correct counts for rows at or after ``since``."""
-        stats: dict[str, VersionStats] = {}
+        """Per-version served/error/labeled/correct counts and p95 latency (of the
+        served rows with a measured latency, errors included) at or after ``since``."""
+        counts: dict[str, dict[str, Any]] = defaultdict(dict)
+        latencies: dict[str, list[np.ndarray]] = defaultdict(list)
         for chunks, total, flagged in ((self._served, "served", "errors"), (self._joined, "labeled", "correct")):
             for chunk in _since(chunks, since):
                 keep = chunk.t >= since
                 for v in np.unique(chunk.version[keep]):
                     sel = keep & (chunk.version == v)
-                    st = stats.setdefault(str(v), VersionStats())
-                    setattr(st, total, getattr(st, total) + int(sel.sum()))
-                    setattr(st, flagged, getattr(st, flagged) + int(chunk.flag[sel].sum()))
+                    c = counts[str(v)]
+                    c[total] = c.get(total, 0) + int(sel.sum())
+                    c[flagged] = c.get(flagged, 0) + int(chunk.flag[sel].sum())
+                    if chunk.latency is not None:
+                        lat = chunk.latency[sel]
+                        latencies[str(v)].append(lat[np.isfinite(lat)])
+        stats: dict[str, VersionStats] = {}
+        for v, c in counts.items():
+            lat = np.concatenate(latencies[v]) if latencies[v] else np.empty(0)
+            stats[v] = VersionStats(**c, latency_samples=int(lat.size),
+                                    latency_p95_ms=float(np.percentile(lat, 95)) if lat.size else None)
         return stats
+
+    def budget(self, now: float) -> BudgetStatus:
+        """The SLO error budgets at ``now`` from every row fed so far (within the SLO period)."""
+        return evaluate_budget(self._sli, self.cfg.slo, now)
 
 
 def _since(chunks: list[_Chunk], since: float) -> list[_Chunk]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lifelong_ray.drift.monitor import MonitorState
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
+from lifelong_ray.policy.quota import RetrainRecord, RetrainRequest
 from lifelong_ray.policy.slo import BudgetStatus
 
 STATE_SCHEMA_VERSION = 1
@@ -61,6 +62,8 @@ class Action(BaseModel):
     alias: str | None = None
     weights: dict[str, float] = Field(default_factory=dict)
     generation: int = 0
+    shadow: str | None = None  # SET_ROUTING: the version mirrored requests go to
+    shadow_fraction: float = 0.0
     job_id: str | None = None
     job_kind: str = "full"  # "full" retrain or "online" incremental step
     since_t: float | None = None
@@ -88,6 +91,13 @@ class ControllerState(BaseModel):
     gate: dict[str, Any] = Field(default_factory=dict)
     weights: dict[str, float] = Field(default_factory=dict)
     routing_generation: int = 0
+    approval_for: str | None = None  # in APPROVAL: "canary" or "full"
+    shadow_started_t: float | None = None
+    probation_baseline: float | None = None  # the previous champion's accuracy a new champion must hold
+    previous_reference_accuracy: float | None = None
+    budget_frozen: bool = False
+    budget_reason: str = ""
+    commands_done: list[str] = Field(default_factory=list)  # ids of operator commands taken in (newest last)
 
     retrain: RetrainStage = RetrainStage.IDLE
     retrain_count: int = 0
@@ -96,6 +106,7 @@ class ControllerState(BaseModel):
     retrain_purpose: str = "drift"  # why the current/last job runs: bootstrap | drift | settle | operator
     settles_left: int = 0  # follow-up (settle) retrains still allowed for the current drift
     settle_due_labeled: int | None = None  # labeled_total at which the next settle retrain is due
+    retrain_urgent: bool = True  # the pending/running retrain fixes a quality problem (budget freeze lets it run)
     online_labeled_mark: int = 0  # labeled rows seen when the last incremental step started
     queued_retrain: dict[str, Any] | None = None  # a full retrain asked for while an incremental step ran
     retrain_since_t: float | None = None
@@ -103,7 +114,8 @@ class ControllerState(BaseModel):
     retrain_deferred_reason: str = ""
     retrain_started_t: float | None = None
     last_retrain_finished_t: float | None = None  # of the last full retrain (cooldown)
-    retrain_history_t: list[float] = Field(default_factory=list)
+    retrain_history: list[RetrainRecord] = Field(default_factory=list)  # full retrains started, last 24 h
+    retrain_queue: list[RetrainRequest] = Field(default_factory=list)  # deferred requests, highest priority first
 
     feature_windows_done: int = 0
     quality_windows_done: int = 0
@@ -175,6 +187,20 @@ class QualityWindow(BaseModel):
     sequential_alarm: bool = False  # the sequential test (Page-Hinkley) fired within this window
 
 
+class ShadowStats(BaseModel):
+    """The candidate's mirrored answers compared with the champion's on the same requests."""
+
+    compared: int = 0           # requests both answered
+    agree: int = 0              # ... with the same prediction
+    labeled: int = 0            # compared requests whose label has arrived
+    candidate_correct: int = 0
+    champion_correct: int = 0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.compared if self.compared else None
+
+
 class RetrainOutcome(BaseModel):
     """What a finished retrain job reported (read from its result file)."""
 
@@ -188,6 +214,10 @@ class RetrainOutcome(BaseModel):
     train_seconds: float = 0.0
     runner: str = ""
     error: str | None = None
+    # accuracy on a holdout of the replay reservoir (past concepts): the forgetting check
+    replay_candidate_accuracy: float | None = None
+    replay_champion_accuracy: float | None = None
+    replay_rows: int = 0
 
 
 class Observations(BaseModel):
@@ -202,4 +232,5 @@ class Observations(BaseModel):
     retrain_outcome: RetrainOutcome | None = None
     candidate_reference_accuracy: float | None = None
     commands: list[OperatorCommand] = Field(default_factory=list)  # operator commands not yet taken in
+    shadow_stats: ShadowStats | None = None  # since the shadow started
     budget: BudgetStatus | None = None  # SLO error budgets (WindowTracker.budget); None: not measured

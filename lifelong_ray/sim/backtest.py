@@ -119,13 +119,17 @@ class Backtest:
         if idx.size == 0:
             return
         cols = {"request_id": pa.array([f"row-{i}" for i in idx], pa.string()), "t": pa.array(self.t[idx]),
-                "t_label": pa.array(np.full(idx.size, self.t[min(int(idx.max()) + self.s.label_delay, self.n - 1)])),
+                "t_label": pa.array(np.full(idx.size, self._label_t(idx))),
                 LABEL: pa.array(self.y[idx])}
         for f, af in zip(self.schema.features, self.schema.arrow_fields()):
             vals = self.cols[f.name][idx]
             cols[f.name] = pa.array(vals.tolist() if f.dtype == "category" else vals, af.type, from_pandas=True)
         self._labeled.append(pa.table(cols))
         self._labeled_t.append(self.t[idx])
+
+    def _label_t(self, idx: np.ndarray) -> float:
+        """When the labels of rows ``idx`` arrive: ``label_delay`` samples after the last of them."""
+        return float(self.t[min(int(idx.max()) + self.s.label_delay, self.n - 1)])
 
     # -- effects ------------------------------------------------------------------------
     def _execute(self, a: Action, i: int) -> None:
@@ -168,6 +172,7 @@ class Backtest:
             labeled_total=int(labeled_t.size),
             labeled_since_retrain=int((labeled_t >= (st.retrain_since_t or -np.inf)).sum()),
             labeled_since_t=st.retrain_since_t,
+            budget=self.tracker.budget(now),
         )
         if st.step_started_t is not None:
             obs.step_stats = self.tracker.step_stats(st.step_started_t)
@@ -232,7 +237,7 @@ class Backtest:
         if served.size:
             self.tracker.add_joined(pd.DataFrame({"t": self.t[served], "version": self.served_version[served],
                                                   "prediction": self.prediction[served],
-                                                  "label": self.y[served]}))
+                                                  "label": self.y[served], "t_label": self._label_t(idx)}))
 
     # -- report -------------------------------------------------------------------------------
     def _report(self, engine_seconds: float) -> dict[str, Any]:

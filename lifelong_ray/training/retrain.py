@@ -57,6 +57,10 @@ class RetrainResult:
     champion: str | None = None
     reused: bool = False
     warnings: list[str] = field(default_factory=list)
+    # accuracy on a holdout of the replay reservoir (past concepts): the gate's forgetting check
+    replay_candidate_accuracy: float | None = None
+    replay_champion_accuracy: float | None = None
+    replay_rows: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,30 +22,57 @@ Prediction log rows (``models/<model>/predictions``) written here:
   champion, which writes the row that was actually answered).
 
 A label join should therefore keep rows with ``error is null and not shadow``
-for the served prediction. Deploy with :mod:`lifelong_ray.serving.deploy`.
+for the served prediction. A version *fails* a call when it raises, times out, is
+not deployed, or answers a non-finite confidence (``non_finite_output``).
+
+Besides predict, the ingress takes feedback labels exactly once
+(:mod:`~lifelong_ray.serving.feedback`), hands out label requests
+(:mod:`~lifelong_ray.serving.active`), takes operator commands behind a bearer
+token (:mod:`~lifelong_ray.serving.admin`), refuses bodies over
+``serving.max_body_bytes`` (:mod:`~lifelong_ray.serving.bodylimit`) and, for chaos
+tests only, injects the faults of ``models/<m>/faults.json``
+(:mod:`~lifelong_ray.serving.faults`). Deploy with :mod:`lifelong_ray.serving.deploy`.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import math
-import re
+import os
+import random
 import time
 import uuid
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from lifelong_ray.config import Config
+from lifelong_ray.config import Config, ServingConfig
+from lifelong_ray.control.commands import submit_command
 from lifelong_ray.data.logs import ModelLogs, feature_arrays
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.events import AuditLog
+from lifelong_ray.policy.model import CommandKind
 from lifelong_ray.serving import metrics as M
+from lifelong_ray.serving import active
+from lifelong_ray.serving.active import LabelRequests
+from lifelong_ray.serving.admin import (
+    AdminRequest,
+    AdminTokenError,
+    ApproveRequest,
+    Auth,
+    CommandAccepted,
+    check_bearer,
+    resolve_token,
+)
+from lifelong_ray.serving.bodylimit import BodyLimit
+from lifelong_ray.serving.faults import NO_FAULT, FaultSpec, draw_fault, read_faults
+from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, check_items
 from lifelong_ray.serving.routing import RoutingTable, choose_version, read_routing, should_shadow
 from lifelong_ray.storage import Storage
 
@@ -54,7 +81,8 @@ logger = logging.getLogger("lifelong_ray.serving")
 INGRESS_APP = "lifelong"
 VERSION_DEPLOYMENT = "VersionModel"
 INGRESS_DEPLOYMENT = "Ingress"
-REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+#: the most request ids one label-requests call may ask for
+MAX_LABEL_BUDGET = 10_000
 #: seconds a call to one version may take before it counts as failed
 VERSION_CALL_TIMEOUT_S = 20.0
 #: how often the ingress refreshes which version apps exist (so a call to a version that
@@ -110,7 +138,9 @@ class FeedbackRequest(BaseModel):
 
 class Rejection(BaseModel):
     request_id: str | None
-    reason: str
+    code: str = Field(description="reason code: unexpected, missing, format, label_domain, "
+                                  "unknown_request_id, expired, duplicate")
+    reason: str = Field(description="the field, the code and what was wrong, in words")
 
 
 class FeedbackResponse(BaseModel):
@@ -137,6 +167,11 @@ class ModelList(BaseModel):
 #: models served by the ingress in this process; metric labels use "<unknown>" for any
 #: other name so a client cannot grow the label set at will
 _SERVED: set[str] = set()
+#: body-size limit per served model (bytes); paths naming no served model get the smallest
+_BODY_LIMITS: dict[str, int] = {}
+#: admin bearer token per served model (None: admin API disabled), and why it is disabled
+_ADMIN_TOKENS: dict[str, str | None] = {}
+_ADMIN_DISABLED: dict[str, str] = {}
 
 
 def _model_label(name: str) -> str:
@@ -211,14 +246,64 @@ async def _on_invalid_request(request: Request, exc: RequestValidationError) -> 
 
 
 class _ApiError(Exception):
-    def __init__(self, status: int, error: str, violations: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, status: int, error: str, violations: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(error)
-        self.status, self.error, self.violations = status, error, violations or []
+        self.status, self.error, self.violations, self.headers = status, error, violations or [], headers
 
 
 @api.exception_handler(_ApiError)
 async def _on_api_error(request: Request, exc: _ApiError) -> JSONResponse:
-    return _error(exc.status, exc.error, exc.violations)
+    response = _error(exc.status, exc.error, exc.violations)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def _model_of_path(path: str) -> str:
+    """
+    >>> _model_of_path("/v1/models/iris:predict"), _model_of_path("/v1/models/iris/label-requests")
+    ('iris', 'iris')
+    """
+    rest = path[len("/v1/models/"):] if path.startswith("/v1/models/") else ""
+    return rest.split("/", 1)[0].split(":", 1)[0]
+
+
+def _body_limit(path: str) -> int:
+    """The body-size limit of the model a path names; the smallest one for other paths."""
+    if not _BODY_LIMITS:
+        return ServingConfig().max_body_bytes
+    return _BODY_LIMITS.get(_model_of_path(path), min(_BODY_LIMITS.values()))
+
+
+def _on_too_large(path: str) -> None:
+    M.REJECTED.labels(model=_model_label(_model_of_path(path)), rule="max_body_bytes").inc()
+
+
+api.add_middleware(BodyLimit, limit_for=_body_limit, on_reject=_on_too_large)
+
+_AUTH_ERRORS = {
+    Auth.MISSING: "missing bearer token: send Authorization: Bearer <token>",
+    Auth.INVALID: "invalid bearer token",
+}
+
+
+def _admin_auth(request: Request, model: str,
+                authorization: str | None = Header(default=None, description="Bearer <admin token>")) -> None:
+    """FastAPI dependency of every admin route; runs before the body is validated."""
+    kind = request.url.path.rsplit(":", 1)[-1]
+    label = _model_label(model)
+    if model not in _ADMIN_TOKENS:
+        return  # unknown model: the route answers 404
+    auth = check_bearer(authorization, _ADMIN_TOKENS[model])
+    if auth == Auth.OK:
+        return
+    if auth == Auth.DISABLED:
+        M.ADMIN_COMMANDS.labels(model=label, kind=kind, result="disabled").inc()
+        raise _ApiError(403, _ADMIN_DISABLED.get(model, "admin API disabled"))
+    M.ADMIN_COMMANDS.labels(model=label, kind=kind, result="unauthorized").inc()
+    challenge = 'Bearer realm="lifelong"' + (', error="invalid_token"' if auth == Auth.INVALID else "")
+    raise _ApiError(401, _AUTH_ERRORS[auth], [_violation(None, "authorization", auth.value, _AUTH_ERRORS[auth])],
+                    headers={"WWW-Authenticate": challenge})
 
 
 # --------------------------------------------------------------------------------------
@@ -248,23 +333,62 @@ class VersionModel:
 # --------------------------------------------------------------------------------------
 # The ingress
 # --------------------------------------------------------------------------------------
-class VersionUnavailable(RuntimeError):
+class VersionError(RuntimeError):
+    """A call to one version failed; ``kind`` labels the metric and starts the log's error."""
+
+    kind = "exception"
+
+
+class VersionUnavailable(VersionError):
     """The routing table names a version that has no Serve application."""
+
+    kind = "unavailable"
+
+
+class NonFiniteOutput(VersionError):
+    """The version answered NaN or infinite confidences."""
+
+    kind = "non_finite_output"
+
+
+class InjectedAbort(VersionError):
+    """A fault from ``faults.json`` (chaos testing) failed the call on purpose."""
+
+    kind = "injected_abort"
+
+
+def _error_kind(err: BaseException) -> str:
+    if isinstance(err, VersionError):
+        return err.kind
+    return "timeout" if isinstance(err, TimeoutError) else "exception"
+
+
+def _error_message(err: BaseException) -> str:
+    prefix = err.kind if isinstance(err, VersionError) else type(err).__name__
+    return f"{prefix}: {err}"[:500]
 
 
 class _Model:
     """Everything the ingress keeps about one served model."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, index_capacity: int) -> None:
         self.cfg = cfg
         self.name = cfg.model.name
         self.schema = Schema(cfg.model)
         self.categorical = {f.name for f in cfg.model.features if f.dtype == "category"}
         self.storage = Storage(cfg.storage.root)
         self.logs = ModelLogs(self.storage, self.name)
+        self.book = FeedbackBook(self.logs, horizon_s=cfg.data.label_horizon_seconds, capacity=index_capacity)
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
+        self.faults: FaultSpec | None = None
         self.handles: dict[str, Any] = {}
+
+    def set_faults(self, faults: FaultSpec | None) -> None:
+        if faults != self.faults:
+            logger.warning("fault injection for %s: %s", self.name,
+                           "off" if faults is None else faults.model_dump(mode="json")["versions"])
+        self.faults = faults
 
     def set_table(self, table: RoutingTable) -> None:
         if table == self.table:
@@ -320,22 +444,52 @@ def _metadata_summary(md: Any) -> dict[str, Any]:
     return out
 
 
+#: decorator of every admin route: 202 with the command, the bearer check before anything else
+_admin_route = functools.partial(api.post, status_code=202, response_model=CommandAccepted,
+                                 dependencies=[Depends(_admin_auth)], responses={
+                                     code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 503)})
+
+
+def _invalid_admin(model: str, kind: str, field: str, rule: str, message: str) -> _ApiError:
+    M.ADMIN_COMMANDS.labels(model=model, kind=kind, result="invalid").inc()
+    return _ApiError(422, "invalid request", [_violation(None, field, rule, f"{field}: {message}")])
+
+
+def _publish(cfg: Config) -> None:
+    """Make one served model known to the module-level hooks (metric labels, body limit, admin).
+
+    A module-level function on purpose: Serve ships the ingress class by value, with
+    copies of the module globals its methods name, so the class must not touch these
+    dicts itself or the FastAPI hooks (which run with the real module) would not see it."""
+    name, env = cfg.model.name, cfg.serving.admin_token_env
+    _SERVED.add(name)
+    _BODY_LIMITS[name] = cfg.serving.max_body_bytes
+    try:
+        _ADMIN_TOKENS[name] = resolve_token(env, cfg.serving.admin_token_file, os.environ)
+        _ADMIN_DISABLED[name] = f"admin API disabled: set ${env} when deploying the ingress, or serving.admin_token_file"
+    except AdminTokenError as err:
+        logger.error("admin API of %s disabled: %s", name, err)
+        _ADMIN_TOKENS[name], _ADMIN_DISABLED[name] = None, f"admin API disabled: {err}"
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT, max_ongoing_requests=128)
 @serve.ingress(api)
 class Ingress:
     """HTTP front door of every served model (several configs, one per model)."""
 
-    async def __init__(self, cfg_dicts: list[dict[str, Any]]) -> None:
+    async def __init__(self, cfg_dicts: list[dict[str, Any]], index_capacity: int = DEFAULT_INDEX_CAPACITY) -> None:
         self._models: dict[str, _Model] = {}
         for d in cfg_dicts:
             cfg = Config.model_validate(d)
-            self._models[cfg.model.name] = _Model(cfg)
-            _SERVED.add(cfg.model.name)
+            self._models[cfg.model.name] = _Model(cfg, index_capacity)
+            _publish(cfg)
         for m in self._models.values():
             try:
                 m.set_table(await asyncio.to_thread(read_routing, m.storage, m.name))
+                m.set_faults(await asyncio.to_thread(read_faults, m.storage, m.name))
             except Exception:  # noqa: BLE001 - keep serving; the poller retries
-                logger.exception("could not read the routing table of %s", m.name)
+                logger.exception("could not read the routing table or faults of %s", m.name)
+        self._rng = random.Random()
         self._background: set[asyncio.Task] = set()
         periods = [m.cfg.serving.routing_poll_seconds for m in self._models.values()] or [1.0]
         self._poll_period = min(periods)
@@ -377,6 +531,10 @@ class Ingress:
                     continue
                 failures.pop(m.name, None)
                 m.set_table(table)
+                try:
+                    m.set_faults(await asyncio.to_thread(read_faults, m.storage, m.name))
+                except Exception as err:  # noqa: BLE001 - keep the last good faults
+                    logger.warning("faults file of %s invalid, keeping the last good one: %s", m.name, err)
 
     def _model(self, name: str) -> _Model:
         m = self._models.get(name)
@@ -395,6 +553,13 @@ class Ingress:
                 and version_app_name(m.name, version) not in self._apps):
             raise VersionUnavailable(f"version {version} of {m.name} is not deployed "
                                      f"(no Serve application {version_app_name(m.name, version)})")
+        fault = draw_fault(m.faults.versions.get(version), self._rng) if m.faults is not None else NO_FAULT
+        if fault.delay_s > 0:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="delay").inc()
+            await asyncio.sleep(fault.delay_s)
+        if fault.abort:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="abort").inc()
+            raise InjectedAbort(f"version {version} call aborted by faults.json (chaos testing)")
         resp = m.handle(version).predict.remote(cols)
 
         async def _wait() -> Any:
@@ -407,21 +572,30 @@ class Ingress:
             raise TimeoutError(f"version {version} did not answer within {VERSION_CALL_TIMEOUT_S:g}s") from None
         if len(labels) != len(next(iter(cols.values()))):
             raise RuntimeError(f"version {version} returned {len(labels)} predictions")
+        if fault.nan:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="nan").inc()
+            conf = [math.nan] * len(conf)
+        bad = sum(1 for c in conf if not math.isfinite(c))
+        if bad:
+            raise NonFiniteOutput(f"version {version} answered {bad} of {len(conf)} confidences NaN or infinite")
         return labels, conf
 
     async def _log(self, m: _Model, *, request_ids: list[str], version: str, features: dict[str, Any],
                    labels: list[int] | None, conf: list[float] | None, latency_ms: float,
                    key: str | None, shadow: bool = False, error: str | None = None) -> None:
         n = len(request_ids)
-        await asyncio.to_thread(
-            m.logs.append_predictions, request_ids=request_ids, t=time.time(), version=version,
+        t = time.time()
+        path = await asyncio.to_thread(
+            m.logs.append_predictions, request_ids=request_ids, t=t, version=version,
             features=features, predictions=labels if labels is not None else [-1] * n,
             confidence=conf if conf is not None else [math.nan] * n, latency_ms=latency_ms,
             key=key, shadow=shadow, error=error)
+        if not shadow and error is None:
+            m.book.served_now(path, request_ids, t)
 
     async def _log_failure(self, m: _Model, version: str, err: BaseException, **kw: Any) -> str:
-        M.VERSION_ERRORS.labels(model=m.name, version=version).inc()
-        message = f"{type(err).__name__}: {err}"[:500]
+        M.VERSION_ERRORS.labels(model=m.name, version=version, kind=_error_kind(err)).inc()
+        message = _error_message(err)
         logger.warning("version %s of %s failed: %s", version, m.name, message)
         try:
             await self._log(m, version=version, labels=None, conf=None, error=message, **kw)
@@ -513,43 +687,104 @@ class Ingress:
                          422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def feedback(self, model: str, body: FeedbackRequest) -> Any:
         m = self._model(model)
-        classes = list(m.cfg.model.label.classes)
-        ids: list[str] = []
-        labels: list[int] = []
-        rejected: list[dict[str, Any]] = []
-        for i, item in enumerate(body.labels):
-            rid = item.get("request_id")
-            rid_out = rid if isinstance(rid, str) else (None if rid is None else json.dumps(rid, default=str))
-            reason = None
-            extra = sorted(set(item) - {"request_id", "label"})
-            if extra:
-                reason = f"labels[{i}].{extra[0]}: unexpected (only request_id and label are allowed)"
-            elif rid is None:
-                reason = f"labels[{i}].request_id: missing (the request_id returned by :predict is required)"
-            elif not isinstance(rid, str) or not REQUEST_ID_RE.match(rid):
-                reason = (f"labels[{i}].request_id: format (must be 32 lowercase hex characters "
-                          f"as returned by :predict, got {rid_out!r})")
-            elif "label" not in item:
-                reason = f"labels[{i}].label: missing"
-            elif not m.schema.label_ok(item["label"]):
-                reason = (f"labels[{i}].label: label_domain ({item['label']!r} is not one of the "
-                          f"classes {classes})")
-            if reason is not None:
-                rejected.append({"request_id": rid_out, "reason": reason})
-            else:
-                ids.append(rid)
-                labels.append(int(item["label"]))
-        if ids:
+        now = time.time()
+        candidates, rejected = check_items(body.labels, m.cfg.model.label.classes)
+        try:
+            accepted, more = await m.book.review(candidates, now)
+        except Exception as err:  # noqa: BLE001 - e.g. the logs are unreadable: retry later, nothing taken
+            logger.exception("feedback check failed for %s", model)
+            raise _ApiError(503, f"could not check the labels against the logs: {type(err).__name__}: {err}") from None
+        rejected = sorted([*rejected, *more], key=lambda r: r.index)
+        if accepted:
+            t = time.time()
+            write = asyncio.ensure_future(asyncio.to_thread(
+                m.logs.append_feedback, [c.request_id for c in accepted], [c.label for c in accepted], t))
+
+            def _settle(done: asyncio.Future) -> None:  # when the write ends, even if this request was cancelled
+                ok = not done.cancelled() and done.exception() is None
+                m.book.settle(accepted, done.result() if ok else None, t)
+
+            write.add_done_callback(_settle)
             try:
-                await asyncio.to_thread(m.logs.append_feedback, ids, labels, time.time())
-            except Exception as err:  # noqa: BLE001
+                await asyncio.shield(write)
+            except Exception as err:  # noqa: BLE001 - never a 2xx for labels that are not durable
                 logger.exception("feedback log write failed for %s", model)
                 raise _ApiError(503, f"could not persist the labels: {type(err).__name__}: {err}") from None
-        if ids:
-            M.FEEDBACK.labels(model=model, outcome="accepted").inc(len(ids))
-        if rejected:
-            M.FEEDBACK.labels(model=model, outcome="rejected").inc(len(rejected))
-        return {"accepted": len(ids), "rejected": rejected}
+            M.FEEDBACK.labels(model=model, outcome="accepted", reason="none").inc(len(accepted))
+        for r in rejected:
+            M.FEEDBACK.labels(model=model, outcome="rejected", reason=r.code.value).inc()
+        return {"accepted": len(accepted), "rejected": [r.to_json() for r in rejected]}
+
+    @api.get("/v1/models/{model}/label-requests", response_model=LabelRequests,
+             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    async def label_requests(self, model: str, budget: int = Query(
+            default=10, ge=1, le=MAX_LABEL_BUDGET, description="how many request ids to return at most")) -> Any:
+        """Served, unlabeled, unexpired requests whose labels would help most (see serving/active.py)."""
+        m = self._model(model)
+        out = await asyncio.to_thread(active.label_requests, m.cfg, budget, now=time.time(), storage=m.storage)
+        M.LABEL_REQUESTS.labels(model=model).inc(len(out.items))
+        return JSONResponse(_json_safe(out.model_dump(mode="json")))
+
+    # -- admin (bearer token; see serving/admin.py) --------------------------------------
+    async def _command(self, model: str, kind: CommandKind, body: AdminRequest | None,
+                       version: str | None = None) -> JSONResponse:
+        m = self._model(model)
+        why = (body.why or "").strip() if body is not None else ""
+        if not why:
+            raise _invalid_admin(model, kind.value, "why", "missing", "required, a non-empty reason (it goes to the "
+                                                                      "audit log)")
+        who = (body.who or "").strip() or "http"
+        try:
+            cmd = await asyncio.to_thread(submit_command, m.storage, m.name, kind, version=version, who=who,
+                                          why=why, now=time.time())
+        except Exception as err:  # noqa: BLE001 - never a 2xx for a command that is not durable
+            M.ADMIN_COMMANDS.labels(model=model, kind=kind.value, result="failed").inc()
+            logger.exception("could not write the %s command of %s", kind.value, model)
+            raise _ApiError(503, f"could not persist the command: {type(err).__name__}: {err}") from None
+        M.ADMIN_COMMANDS.labels(model=model, kind=kind.value, result="accepted").inc()
+        logger.info("admin %s of %s by %s: %s (command %s)", kind.value, model, who, why, cmd.id)
+        out = CommandAccepted(command_id=cmd.id, kind=cmd.kind.value, model=cmd.model, version=cmd.version,
+                              who=cmd.who, why=cmd.why, t=cmd.t)
+        return JSONResponse(status_code=202, content=out.model_dump(mode="json"))
+
+    @_admin_route("/v1/models/{model}:rollback")
+    async def rollback(self, model: str, body: AdminRequest | None = None) -> Any:
+        """Abort the canary, or go back to the previous champion."""
+        return await self._command(model, CommandKind.ROLLBACK, body)
+
+    @_admin_route("/v1/models/{model}:approve")
+    async def approve(self, model: str, body: ApproveRequest | None = None) -> Any:
+        """Let the rollout of ``version`` held for approval go on."""
+        m = self._model(model)
+        version = (body.version or "").strip() if body is not None else ""
+        if not version:
+            raise _invalid_admin(model, "approve", "version", "missing", "required, the version to approve (e.g. v0003)")
+        known = await asyncio.to_thread(self._registered, m)
+        if version not in known:
+            raise _invalid_admin(model, "approve", "version", "unknown_version",
+                                 f"{version!r} is not a registered version of {model!r} (latest: {known[-5:]})")
+        return await self._command(model, CommandKind.APPROVE, body, version=version)
+
+    @staticmethod
+    def _registered(m: _Model) -> list[str]:
+        from lifelong_ray.registry.store import Registry
+
+        return Registry(m.storage, m.name).list_versions()
+
+    @_admin_route("/v1/models/{model}:retrain")
+    async def retrain(self, model: str, body: AdminRequest | None = None) -> Any:
+        """Request a full retrain now (quotas still apply)."""
+        return await self._command(model, CommandKind.RETRAIN, body)
+
+    @_admin_route("/v1/models/{model}:pause")
+    async def pause(self, model: str, body: AdminRequest | None = None) -> Any:
+        """No new retrains or rollout steps; traffic stays as it is."""
+        return await self._command(model, CommandKind.PAUSE, body)
+
+    @_admin_route("/v1/models/{model}:resume")
+    async def resume(self, model: str, body: AdminRequest | None = None) -> Any:
+        """Undo :pause."""
+        return await self._command(model, CommandKind.RESUME, body)
 
     @api.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> Any:

@@ -15,13 +15,21 @@ restarts mid-step may call it again safely::
 
 Relative local storage roots are made absolute here, because Serve replicas do
 not share the caller's working directory.
+
+**Admin token.** The ingress reads its admin bearer token inside its replica
+(``serving.admin_token_file``, else the variable named by ``serving.admin_token_env``).
+So that ``LIFELONG_ADMIN_TOKEN=... lifelong up cfg.yaml`` just works, :func:`deploy_ingress`
+forwards that variable, when the deploying process has it, into the replica's
+``runtime_env`` ``env_vars``. Ray shows a deployment's runtime env in its dashboard
+and Serve config: where that matters, use ``serving.admin_token_file`` (only the path
+travels) instead. Changing the token needs a redeploy of the ingress.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from ray import serve
 
@@ -34,12 +42,14 @@ from lifelong_ray.serving.app import (
     VersionModel,
     version_app_name,
 )
+from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY
 
 __all__ = [
     "INGRESS_APP",
     "version_app_name",
     "ensure_serve",
     "deploy_ingress",
+    "admin_token_env_vars",
     "deploy_version",
     "retire_version",
     "deployed_versions",
@@ -83,16 +93,37 @@ def _wait_running(name: str, timeout_s: float = _WAIT_S) -> None:
         time.sleep(0.2)
 
 
-def deploy_ingress(cfgs: list[Config]) -> None:
-    """(Re)deploy the HTTP ingress ``lifelong`` on route ``/`` for these models."""
+def admin_token_env_vars(cfgs: list[Config], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The admin-token variables of ``cfgs`` that ``environ`` sets (forwarded to the ingress).
+
+    >>> from lifelong_ray.config import parse_config
+    >>> cfg = parse_config({"model": {"name": "m", "features": [{"name": "x"}],
+    ...                     "label": {"name": "y", "classes": [0, 1]}}})
+    >>> admin_token_env_vars([cfg], {"LIFELONG_ADMIN_TOKEN": "t", "HOME": "/root"})
+    {'LIFELONG_ADMIN_TOKEN': 't'}
+    """
+    names = {c.serving.admin_token_env for c in cfgs if not c.serving.admin_token_file}
+    return {n: environ[n] for n in sorted(names) if environ.get(n, "").strip()}
+
+
+def deploy_ingress(cfgs: list[Config], index_capacity: int = DEFAULT_INDEX_CAPACITY) -> None:
+    """(Re)deploy the HTTP ingress ``lifelong`` on route ``/`` for these models.
+
+    ``index_capacity`` bounds, per model, the request ids the ingress keeps in memory
+    for the feedback checks (served ids and labeled ids each); beyond it the oldest
+    are looked up in the logs instead."""
     if not cfgs:
         raise ValueError("deploy_ingress needs at least one config")
     names = [c.model.name for c in cfgs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate model names: {names}")
     num_cpus = max(c.serving.ingress_num_cpus for c in cfgs)
-    app = Ingress.options(name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": num_cpus}).bind(
-        [serving_config_dict(c) for c in cfgs])
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    env_vars = admin_token_env_vars(cfgs)
+    if env_vars:
+        options["runtime_env"] = {"env_vars": env_vars}
+    app = Ingress.options(name=INGRESS_DEPLOYMENT, ray_actor_options=options).bind(
+        [serving_config_dict(c) for c in cfgs], index_capacity)
     serve.run(app, name=INGRESS_APP, route_prefix="/")
 
 

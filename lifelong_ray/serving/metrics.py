@@ -30,8 +30,26 @@ PREDICT_LATENCY = Histogram(
 )
 FEEDBACK = Counter(
     "lifelong_feedback",
-    "Feedback labels received, by outcome (accepted or rejected).",
-    ["model", "outcome"],
+    "Feedback labels received, by outcome (accepted or rejected) and reason code (\"none\" when accepted).",
+    ["model", "outcome", "reason"],
+    registry=REGISTRY,
+)
+LABEL_REQUESTS = Counter(
+    "lifelong_label_requests",
+    "Request ids handed out by GET .../label-requests for labeling.",
+    ["model"],
+    registry=REGISTRY,
+)
+ADMIN_COMMANDS = Counter(
+    "lifelong_admin_commands",
+    "Admin HTTP calls by command kind and result (accepted, disabled, unauthorized, invalid, failed).",
+    ["model", "kind", "result"],
+    registry=REGISTRY,
+)
+FAULTS_INJECTED = Counter(
+    "lifelong_faults_injected",
+    "Faults injected from models/<m>/faults.json (chaos testing), by kind (abort, delay, nan).",
+    ["model", "version", "kind"],
     registry=REGISTRY,
 )
 REJECTED = Counter(
@@ -48,8 +66,9 @@ ROUTE_WEIGHT = Gauge(
 )
 VERSION_ERRORS = Counter(
     "lifelong_version_errors",
-    "Model calls that failed, by version (a failed canary falls back to the champion).",
-    ["model", "version"],
+    "Model calls that failed, by version and kind (exception, timeout, unavailable, non_finite_output, "
+    "injected_abort); a failed canary falls back to the champion.",
+    ["model", "version", "kind"],
     registry=REGISTRY,
 )
 

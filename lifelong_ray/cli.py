@@ -4,6 +4,9 @@
     lifelong up CONFIG [--port P]        # Serve app + controller on the current Ray
     lifelong down [--stop-ray]
     lifelong ingest MODEL FILE [--config C]  # labeled batch -> labeled log (seeds the first version)
+    lifelong quarantine MODEL [--config C] [--json]                 # quarantined rows, counts by reason
+    lifelong quarantine release MODEL ID --why TEXT [--who NAME]    # release after review (audit log)
+    lifelong compact CONFIG [--json]     # feed the replay reservoir, expire and compact old log partitions
     lifelong status [MODEL] [--json]
     lifelong history MODEL [--json] [--kind K]
     lifelong simulate --kind KIND --out FILE [--n N] [--seed S] [--noise P] [--drift-at N,M]
@@ -83,17 +86,81 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     import time
 
     from lifelong_ray.control.controller import resolve_storage
-    from lifelong_ray.data.ingest import BatchRefused, ingest_table, read_batch
+    from lifelong_ray.data.ingest import ingest_table, read_batch
     from lifelong_ray.storage import Storage
 
     cfg = resolve_storage(_config_of(args.model, args.config))
-    try:
-        rep = ingest_table(Storage(cfg.storage.root), cfg, read_batch(args.file), time.time(), label=args.label)
-    except BatchRefused as err:
-        print(f"refused {args.file}: {err}", file=sys.stderr)
+    rep = ingest_table(Storage(cfg.storage.root), cfg, read_batch(args.file), time.time(), label=args.label,
+                       source=Path(args.file).name)
+    print(json.dumps(rep.to_json()))
+    if rep.batch_reason is not None:
+        print(f"quarantined {args.file} whole ({rep.batch_reason}): {rep.message}; review it with "
+              f"`lifelong quarantine {args.model}`", file=sys.stderr)
         return 3
-    print(json.dumps({"received": rep.received, "accepted": rep.accepted, "rejected": rep.rejected,
-                      "reasons": rep.reasons}))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    import getpass
+    import time
+
+    from lifelong_ray.control.controller import resolve_storage
+    from lifelong_ray.data.ingest import release_quarantined
+    from lifelong_ray.data.quarantine import IllegalTransition, NotReleasable, QuarantineStore, UnknownEntry
+    from lifelong_ray.storage import Storage
+
+    words = args.words
+    if len(words) not in (1, 3) or (len(words) == 3 and words[0] != "release"):
+        print("usage: lifelong quarantine MODEL | lifelong quarantine release MODEL ID --why TEXT", file=sys.stderr)
+        return 2
+    model = words[0] if len(words) == 1 else words[1]
+    cfg = resolve_storage(_config_of(model, args.config))
+    storage = Storage(cfg.storage.root)
+    if len(words) == 3:
+        if not args.why:
+            print("a release needs --why: the review's conclusion goes into the audit log", file=sys.stderr)
+            return 2
+        try:
+            entry = release_quarantined(storage, cfg, words[2], who=args.who or getpass.getuser(), why=args.why,
+                                        now=time.time())
+        except (UnknownEntry, IllegalTransition, NotReleasable) as err:
+            print(f"not released: {err}", file=sys.stderr)
+            return 3
+        print(json.dumps(entry.to_json()) if args.json else
+              f"released {entry.release['rows']} rows of {entry.id} into the labeled log ({entry.release['path']})")
+        return 0
+    store = QuarantineStore(storage, model)
+    entries = store.list()
+    if args.json:
+        print(json.dumps({"counts": store.counts(), "entries": [e.to_json() for e in entries]}, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"quarantine of {model}: {store.counts() or 'empty'}")
+    for col in ("id", "status", "reason", "rows", "source", "why"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(e.id, e.status.value, e.reason, str(e.rows), e.source, e.message)
+    Console().print(table)
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    import time
+
+    from lifelong_ray.control.controller import resolve_storage
+    from lifelong_ray.data.retention import apply_retention
+    from lifelong_ray.storage import Storage
+
+    cfg = resolve_storage(load_config(args.config))
+    rep = apply_retention(Storage(cfg.storage.root), cfg, time.time())
+    if args.json:
+        print(json.dumps(rep.to_json()))
+    else:
+        print(f"{cfg.model.name}: {len(rep.deleted)} partitions expired, {len(rep.compacted)} days compacted "
+              f"({sum(n for _, n in rep.compacted)} files merged), {rep.replay_rows_fed} rows offered to the replay "
+              f"reservoir")
     return 0
 
 
@@ -284,6 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--config", help="the model's config (default: ask its running controller)")
     ig.add_argument("--label", help="label column (default: the config's label name)")
     ig.set_defaults(func=cmd_ingest)
+    qa = sub.add_parser("quarantine", help="list quarantined rows (MODEL) or release an entry (release MODEL ID)")
+    qa.add_argument("words", nargs="+", metavar="MODEL | release MODEL ID")
+    qa.add_argument("--config", help="the model's config (default: ask its running controller)")
+    qa.add_argument("--why", help="release: the review's conclusion (recorded in the audit log)")
+    qa.add_argument("--who", help="release: who reviewed it (default: the current user)")
+    qa.add_argument("--json", action="store_true")
+    qa.set_defaults(func=cmd_quarantine)
+    cp = sub.add_parser("compact", help="feed the replay reservoir, expire and compact old log partitions")
+    cp.add_argument("config")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_compact)
     st = sub.add_parser("status", help="versions, weights, stage, drift")
     st.add_argument("model", nargs="?")
     st.add_argument("--json", action="store_true")

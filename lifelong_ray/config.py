@@ -200,16 +200,25 @@ class BurnWindow(_Frozen):
     short_seconds: float = Field(gt=0)
     burn_rate: float = Field(gt=0)
 
+    @model_validator(mode="after")
+    def _windows(self) -> "BurnWindow":
+        if self.short_seconds >= self.long_seconds:
+            raise ValueError(f"short_seconds {self.short_seconds:g} must be less than long_seconds"
+                             f" {self.long_seconds:g}")
+        return self
+
 
 class SLOConfig(_Frozen):
     """Service level objectives; each SLI's error budget is ``1 - objective`` over ``period_seconds``."""
 
-    min_accuracy: float = Field(default=0.7, ge=0, le=1, description="labeled quality objective")
+    min_accuracy: float = Field(default=0.7, ge=0, lt=1,
+                                description="labeled quality objective (below 1: a 100% objective has no budget)")
     p95_latency_ms: float = Field(default=250.0, gt=0)
-    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_error_rate: float = Field(default=0.01, gt=0, le=1, description="error budget: 1 - max_error_rate objective")
     max_label_age_seconds: float = Field(default=3600.0, gt=0, description="data freshness objective")
     objective: float = Field(default=0.99, gt=0, lt=1,
-                             description="share of good events/minutes the budget allows to miss: 1 - objective")
+                             description="freshness objective: share of time buckets with traffic whose newest "
+                                         "label is younger than max_label_age_seconds (budget: 1 - objective)")
     period_seconds: float = Field(default=30 * 86400.0, gt=0, description="error-budget period")
     fast: BurnWindow = BurnWindow(long_seconds=3600.0, short_seconds=300.0, burn_rate=14.4)
     slow: BurnWindow = BurnWindow(long_seconds=6 * 3600.0, short_seconds=1800.0, burn_rate=6.0)

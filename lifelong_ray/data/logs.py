@@ -14,8 +14,20 @@ and what it predicted; both null for batch-ingested rows), written by the
 controller and by batch ingest; training windows read it.
 
 A writer call returns only after the file is in place, so an HTTP handler that
-awaits it answers 2xx only for durable records. :class:`LogTail` reads each file
-exactly once, tolerating files that appear out of name order.
+awaits it answers 2xx only for durable records. :class:`LogTail` reads each row
+exactly once, tolerating files that appear out of name order and files that
+compaction merges (see below). Configured PII fields (``data.pii_fields``: the
+routing ``key``) are hashed before a row is written (:mod:`lifelong_ray.data.privacy`);
+build the writers with :meth:`ModelLogs.from_config` to get that.
+
+**Compaction** (:func:`lifelong_ray.data.retention.compact_day`) merges a past day's
+small files into one ``compacted-*.parquet`` in the same partition; its footer
+lists the source files and their row counts, in order. It is written *before* the
+sources are deleted, so at every instant each row is in a listed file. Readers
+that list files (:meth:`ModelLogs.live_files`) skip sources a listed compacted
+file covers; a :class:`LogTail` reads from a compacted file only the rows of
+sources it has not read yet, so a tail running across a compaction neither reads
+a row twice nor loses one.
 
     >>> import tempfile
     >>> from lifelong_ray.storage import Storage
@@ -31,14 +43,22 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
+import logging
 import uuid
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lifelong_ray.data.privacy import PiiHasher
 from lifelong_ray.storage import Storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lifelong_ray.config import Config
+
+log = logging.getLogger(__name__)
 
 PREDICTION_META = ["request_id", "t", "version", "key", "shadow", "prediction", "confidence",
                    "latency_ms", "error"]
@@ -46,9 +66,51 @@ FEEDBACK_COLUMNS = ["request_id", "t", "label"]
 LABELED_META = ["request_id", "t", "t_label", "version", "prediction", "label"]
 
 
-def _file_name(prefix: str, t: float) -> str:
-    day = dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d") if t > 1e8 else "1970-01-01"
-    return f"{prefix}/date={day}/{int(t * 1e9):020d}-{uuid.uuid4().hex[:10]}.parquet"
+#: Footer key of a compacted file: JSON ``[[source file, rows], ...]`` in row order.
+COMPACTED_FROM = b"lifelong.compacted_from"
+COMPACTED_PREFIX = "compacted-"
+
+
+def day_of(t: float) -> str:
+    """The ``YYYY-MM-DD`` (UTC) partition of time ``t``; sample clocks (t < 1e8) use 1970-01-01.
+
+    >>> day_of(1.7e9), day_of(5.0)
+    ('2023-11-14', '1970-01-01')
+    """
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d") if t > 1e8 else "1970-01-01"
+
+
+def _file_name(prefix: str, t: float, file_id: str | None = None) -> str:
+    return f"{prefix}/date={day_of(t)}/{int(t * 1e9):020d}-{file_id or uuid.uuid4().hex[:10]}.parquet"
+
+
+def partition_of(path: str) -> str:
+    """The directory (``<prefix>/date=YYYY-MM-DD``) a log file lives in."""
+    return path.rsplit("/", 1)[0]
+
+
+def is_compacted(path: str) -> bool:
+    return path.rsplit("/", 1)[-1].startswith(COMPACTED_PREFIX)
+
+
+def compacted_sources(storage: Storage, path: str) -> list[tuple[str, int]]:
+    """``[(source file, rows), ...]`` merged into the compacted file ``path`` (from its footer)."""
+    with storage.fs.open_input_file(storage.path(path)) as fh:
+        meta = pq.read_metadata(fh).metadata or {}
+    return [(str(name), int(rows)) for name, rows in json.loads(meta[COMPACTED_FROM])]
+
+
+def read_parquet_file(storage: Storage, path: str, columns: Sequence[str] | None) -> pa.Table | None:
+    """The table at ``path``, or None when it vanished since it was listed (compacted or expired)."""
+    try:
+        with storage.fs.open_input_file(storage.path(path)) as fh:
+            return pq.read_table(fh, columns=list(columns) if columns else None)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if storage.exists(path):
+            raise
+        return None
 
 
 def table_to_bytes(table: pa.Table) -> bytes:
@@ -71,18 +133,31 @@ def feature_arrays(columns: dict[str, Any], names: Sequence[str], categorical: s
 
 
 class ModelLogs:
-    """Writers for the three logs of one model."""
+    """Writers for the three logs of one model.
 
-    def __init__(self, storage: Storage, model: str) -> None:
+    ``pii`` hashes configured PII fields before a row is written; without it
+    nothing is hashed. :meth:`from_config` builds it from ``cfg.data``."""
+
+    def __init__(self, storage: Storage, model: str, *, pii: PiiHasher | None = None) -> None:
         self.storage = storage
         self.model = model
+        self.pii = pii
         base = f"models/{model}"
         self.predictions_prefix = f"{base}/predictions"
         self.feedback_prefix = f"{base}/feedback"
         self.labeled_prefix = f"{base}/labeled"
 
-    def _write(self, prefix: str, table: pa.Table, t: float) -> str:
-        name = _file_name(prefix, t)
+    @classmethod
+    def from_config(cls, storage: Storage, cfg: "Config") -> "ModelLogs":
+        """The writers of ``cfg.model``, hashing ``cfg.data.pii_fields`` (needs the salt env var set)."""
+        return cls(storage, cfg.model.name, pii=PiiHasher.from_config(cfg.data))
+
+    @property
+    def prefixes(self) -> tuple[str, str, str]:
+        return self.predictions_prefix, self.feedback_prefix, self.labeled_prefix
+
+    def _write(self, prefix: str, table: pa.Table, t: float, file_id: str | None = None) -> str:
+        name = _file_name(prefix, t, file_id)
         self.storage.write_bytes(name, table_to_bytes(table))
         return name
 
@@ -105,7 +180,7 @@ class ModelLogs:
             "request_id": pa.array(list(request_ids), pa.string()),
             "t": pa.array(np.full(n, t), pa.float64()),
             "version": pa.array([version] * n, pa.string()),
-            "key": pa.array([key] * n, pa.string()),
+            "key": pa.array([self.pii.hash_key(key) if self.pii else key] * n, pa.string()),
             "shadow": pa.array([shadow] * n, pa.bool_()),
             "prediction": pa.array(np.asarray(predictions, dtype=np.int64), pa.int64()),
             "confidence": pa.array(np.asarray(confidence, dtype=np.float64), pa.float64()),
@@ -123,35 +198,92 @@ class ModelLogs:
         })
         return self._write(self.feedback_prefix, table, t)
 
-    def append_labeled(self, table: pa.Table, t: float) -> str:
-        """Append joined (or batch-ingested) labeled rows: LABELED_META + features."""
+    def append_labeled(self, table: pa.Table, t: float, file_id: str | None = None) -> str:
+        """Append joined (or batch-ingested) labeled rows: LABELED_META + features.
+
+        With ``file_id`` the file name is deterministic for a given ``t``, so a
+        retried append (a quarantine release) replaces its file instead of adding one."""
         missing = [c for c in LABELED_META if c not in table.column_names]
         if missing:
             raise ValueError(f"labeled rows need columns {missing}")
-        return self._write(self.labeled_prefix, table, t)
+        return self._write(self.labeled_prefix, table, t, file_id)
+
+    def live_files(self, prefix: str) -> list[str]:
+        """Files under ``prefix`` holding each row once: sources already merged into a
+        listed compacted file are left out (compaction deletes them right after)."""
+        listed = self.storage.list(prefix, suffix=".parquet")
+        covered = {src for p in listed if is_compacted(p) for src, _ in compacted_sources(self.storage, p)}
+        return [p for p in listed if p not in covered]
 
     def labeled_files(self) -> list[str]:
-        return [self.storage.path(p) for p in self.storage.list(self.labeled_prefix, suffix=".parquet")]
+        """Full paths of the labeled log's files (for pyarrow/Ray Data readers)."""
+        return [self.storage.path(p) for p in self.live_files(self.labeled_prefix)]
 
 
 class LogTail:
-    """Reads each new file under a prefix exactly once (per process).
+    """Reads each new row under a prefix exactly once (per process, or across
+    processes when the caller persists :attr:`seen` and passes it back).
 
     Tracks the set of file names seen rather than a cursor, because a slow writer
-    can land a file whose name sorts before one already read."""
+    can land a file whose name sorts before one already read. Plain files are read
+    first; then, from each new compacted file, only the rows of sources not seen
+    yet. A file that vanished between listing and reading was compacted (its rows
+    come with the compacted file) or expired. A file that is not readable parquet
+    is skipped once with a warning and listed in :attr:`unreadable` (a reader of the
+    log must not die on it; training windows count it as ``file:unreadable``). Names
+    of partitions that no longer exist (retention) are forgotten, so :attr:`seen`
+    stays as small as the log."""
 
-    def __init__(self, storage: Storage, prefix: str) -> None:
+    def __init__(self, storage: Storage, prefix: str, seen: set[str] | None = None) -> None:
         self.storage = storage
         self.prefix = prefix
-        self.seen: set[str] = set()
+        self.seen: set[str] = set(seen or ())
+        self.unreadable: list[str] = []
+        self._sources: dict[str, list[tuple[str, int]]] = {}  # compacted files are immutable
 
     def read_new(self, columns: Sequence[str] | None = None) -> pa.Table | None:
-        new = [p for p in self.storage.list(self.prefix, suffix=".parquet") if p not in self.seen]
-        if not new:
-            return None
+        """The new rows as one table (None when there are none)."""
+        tables = self.read_new_tables(columns)
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+    def read_new_tables(self, columns: Sequence[str] | None = None) -> list[pa.Table]:
+        """The new rows, one table per file read (a changed upstream schema stays in its file)."""
+        listed = self.storage.list(self.prefix, suffix=".parquet")
+        new = [p for p in listed if p not in self.seen]
         tables = []
-        for p in new:
-            with self.storage.fs.open_input_file(self.storage.path(p)) as fh:
-                tables.append(pq.read_table(fh, columns=list(columns) if columns else None))
-        self.seen.update(new)
-        return pa.concat_tables(tables, promote_options="permissive")
+        for p in (p for p in new if not is_compacted(p)):
+            try:
+                table = read_parquet_file(self.storage, p, columns)
+            except (OSError, pa.ArrowException) as err:
+                log.warning("log file %s is unreadable, skipped: %s", p, err)
+                self.unreadable.append(p)
+                self.seen.add(p)
+                continue
+            if table is not None:
+                tables.append(table)
+                self.seen.add(p)
+        for p in (p for p in new if is_compacted(p)):
+            part = self._unseen_rows(p, columns)
+            if part is not None and part.num_rows:
+                tables.append(part)
+        live = {partition_of(p) for p in listed}
+        self.seen = {p for p in self.seen if partition_of(p) in live}
+        return tables
+
+    def _unseen_rows(self, path: str, columns: Sequence[str] | None) -> pa.Table | None:
+        if path not in self._sources:
+            try:
+                self._sources[path] = compacted_sources(self.storage, path)
+            except FileNotFoundError:
+                return None
+        table = read_parquet_file(self.storage, path, columns)
+        if table is None:
+            return None
+        parts, start = [], 0
+        for src, rows in self._sources[path]:
+            if src not in self.seen:
+                parts.append(table.slice(start, rows))
+            start += rows
+        self.seen.add(path)
+        self.seen.update(src for src, _ in self._sources[path])
+        return pa.concat_tables(parts) if parts else None

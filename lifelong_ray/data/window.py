@@ -1,4 +1,4 @@
-"""Training windows: recent labeled rows + a replay sample of older ones, validated.
+"""Training windows: recent labeled rows + replayed past rows, validated.
 
 :func:`build_window` reads the ``labeled`` log of one model with Ray Data, validates
 every row against the schema inside ``map_batches`` (invalid rows are dropped and
@@ -6,8 +6,13 @@ every row against the schema inside ``map_batches`` (invalid rows are dropped an
 
 * **recent**  — valid rows with ``t >= since_t`` (all rows when ``since_t`` is None),
   the most recent ``training.window_recent`` of them by ``t``;
-* **replay**  — a seeded random sample of up to ``training.window_replay`` of the
-  other, older valid rows (so the new version does not forget the old regime);
+* **replay**  — up to ``training.window_replay`` past rows (so the new version does
+  not forget the old regimes), drawn seeded from the **replay pool**: the replay
+  reservoir (:mod:`lifelong_ray.data.replay`, a uniform sample of every labeled row
+  ever seen, which outlives retention) when ``data.replay_capacity > 0``, else the
+  older valid rows of the log; rows of the recent window are never in the pool;
+* **replay holdout** — up to ``REPLAY_HOLDOUT_ROWS`` other rows of the pool, never
+  trained on: the gate checks forgetting on them (candidate vs champion);
 * **holdout** — a seeded random ``training.holdout_fraction`` of the *recent* rows,
   kept out of training: the gate compares candidate and champion on it;
 * **train**   — the rest of recent plus replay, handed to Ray Train as a
@@ -28,8 +33,8 @@ both are tested without Ray::
     ...                     min_rows=20, holdout_fraction=0.2), since_t=None, seed=0)
     >>> len(sel.recent), len(sel.holdout), len(sel.replay), float(t[sel.recent].min())
     (50, 10, 10, 50.0)
-    >>> bool(t[sel.replay].max() < 50)
-    True
+    >>> bool(t[sel.replay].max() < 50), len(sel.replay_holdout), bool(t[sel.replay_holdout].max() < 50)
+    (True, 40, True)
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lifelong_ray.config import Config, ModelSpec, TrainingConfig
 from lifelong_ray.data.logs import LABELED_META, ModelLogs
@@ -57,6 +63,8 @@ VALID = "__valid"
 REASON = "__reason"
 #: Most rows kept in a window's drift reference (see :attr:`TrainingWindow.reference`).
 REFERENCE_ROWS = 5000
+#: Most rows of a window's replay holdout (see :attr:`TrainingWindow.replay_holdout`).
+REPLAY_HOLDOUT_ROWS = 2000
 
 
 class WindowTooSmall(ValueError):
@@ -173,31 +181,48 @@ def validate_batch(batch: pa.Table, spec: ModelSpec) -> pa.Table:
     return pa.table(cols)
 
 
+def empty_valid(spec: ModelSpec) -> pa.Table:
+    """No rows, with the columns of validated labeled rows (``request_id, t, t_label, label`` + features)."""
+    return validate_batch(pa.table({}), spec).slice(0, 0).drop_columns([VALID, REASON])
+
+
 def dedupe_latest_label(table: pa.Table) -> tuple[pa.Table, int]:
     """Keep one row per non-null ``request_id`` (the one labeled last); rows without
     an id are all kept. Returns the table (sorted by ``t``, ties broken
     deterministically) and the number of rows dropped."""
+    order, dropped = latest_label_order(table)
+    return table.take(pa.array(order)), dropped
+
+
+def latest_label_order(table: pa.Table) -> tuple[np.ndarray, int]:
+    """The row indices :func:`dedupe_latest_label` keeps, in its order, and the number
+    dropped. Sorts with pyarrow (no Python string per row) and copies no row, so a
+    window over millions of labeled rows takes only the rows it needs."""
     n = table.num_rows
     if n == 0:
-        return table, 0
-    rid = np.asarray(table.column("request_id").fill_null("").to_numpy(zero_copy_only=False), dtype=object)
-    t = table.column("t").to_numpy()
-    t_label = table.column("t_label").to_numpy()
-    has_id = rid != ""
-    # order by request id, then label time: the last row of each id group wins
-    order = np.lexsort((t_label, rid.astype(str)))
-    keep = np.zeros(n, dtype=bool)
-    keep[~has_id] = True
-    sorted_ids = rid[order]
+        return np.empty(0, np.int64), 0
+    rid = table.column("request_id").fill_null("").combine_chunks()
+    pos = pa.array(np.arange(n, dtype=np.int64))
+    # order by request id, then label time, then position: the last row of each id group wins
+    order = pc.sort_indices(pa.table({"rid": rid, "t_label": table.column("t_label"), "pos": pos}),
+                            sort_keys=[("rid", "ascending"), ("t_label", "ascending"), ("pos", "ascending")])
+    sorted_ids = rid.take(order)
     last_of_group = np.ones(n, dtype=bool)
-    last_of_group[:-1] = sorted_ids[:-1] != sorted_ids[1:]
-    winners = order[last_of_group & has_id[order]]
-    keep[winners] = True
-    dropped = int(n - keep.sum())
-    kept = np.flatnonzero(keep)
+    if n > 1:
+        last_of_group[:-1] = pc.not_equal(sorted_ids.slice(0, n - 1), sorted_ids.slice(1)).to_numpy(
+            zero_copy_only=False)
+    has_id = pc.not_equal(sorted_ids, "").to_numpy(zero_copy_only=False)
+    order_np = order.to_numpy()
+    keep = np.zeros(n, dtype=bool)
+    keep[order_np[(last_of_group & has_id) | ~has_id]] = True
+    kept = pa.array(np.flatnonzero(keep))
+    dropped = int(n - len(kept))
     # deterministic order whatever order the blocks came back in: by t, then id, then t_label
-    final = kept[np.lexsort((t_label[kept], rid[kept].astype(str), t[kept]))]
-    return table.take(pa.array(final)), dropped
+    sub = pa.table({"t": table.column("t").take(kept), "rid": rid.take(kept),
+                    "t_label": table.column("t_label").take(kept), "pos": kept})
+    final = pc.sort_indices(sub, sort_keys=[("t", "ascending"), ("rid", "ascending"), ("t_label", "ascending"),
+                                            ("pos", "ascending")])
+    return kept.take(final).to_numpy(), dropped
 
 
 # ---------------------------------------------------------------------------
@@ -211,14 +236,31 @@ class WindowSelection:
     holdout: np.ndarray  # subset of recent
     train_recent: np.ndarray
     replay: np.ndarray   # older rows, sampled
+    replay_holdout: np.ndarray  # other older rows, never trained on
 
     @property
     def train(self) -> np.ndarray:
         return np.concatenate([self.train_recent, self.replay])
 
 
+def split_replay(pool: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, holdout) row indices into a replay pool of ``pool`` rows: up to
+    ``n_train`` rows to train on and up to ``REPLAY_HOLDOUT_ROWS`` others, both sorted.
+
+    >>> tr, ho = split_replay(10, 3, np.random.default_rng(0))
+    >>> len(tr), len(ho), set(tr.tolist()) & set(ho.tolist())
+    (3, 7, set())
+    """
+    n_train = min(n_train, pool)
+    train = np.sort(rng.choice(pool, size=n_train, replace=False)) if n_train else np.empty(0, np.int64)
+    rest = np.setdiff1d(np.arange(pool), train)
+    n_hold = min(REPLAY_HOLDOUT_ROWS, len(rest))
+    holdout = np.sort(rng.choice(rest, size=n_hold, replace=False)) if n_hold else np.empty(0, np.int64)
+    return train, holdout
+
+
 def select_window(t: np.ndarray, cfg: TrainingConfig, *, since_t: float | None, seed: int) -> WindowSelection:
-    """Pick recent / holdout / train / replay rows from timestamps ``t`` (any order).
+    """Pick recent / holdout / train / replay / replay-holdout rows from timestamps ``t`` (any order).
 
     Raises :class:`WindowTooSmall` when fewer than ``cfg.min_rows`` recent rows exist.
     """
@@ -241,9 +283,9 @@ def select_window(t: np.ndarray, cfg: TrainingConfig, *, since_t: float | None, 
     older_mask = np.ones(len(t), dtype=bool)
     older_mask[recent] = False
     older = idx[older_mask]
-    n_replay = min(cfg.window_replay, len(older))
-    replay = np.sort(rng.choice(older, size=n_replay, replace=False)) if n_replay else older[:0]
-    return WindowSelection(recent=recent, holdout=holdout, train_recent=train_recent, replay=replay)
+    replay, replay_holdout = split_replay(len(older), cfg.window_replay, rng)
+    return WindowSelection(recent=recent, holdout=holdout, train_recent=train_recent, replay=older[replay],
+                           replay_holdout=older[replay_holdout])
 
 
 # ---------------------------------------------------------------------------
@@ -254,7 +296,10 @@ class TrainingWindow:
     """What one retrain trains and gates on.
 
     ``rows`` counts training rows (train part of recent + replay); ``holdout_rows`` the
-    gate rows; ``quarantined_rows`` the rows of the log dropped by validation, with
+    gate rows; ``replay_holdout`` (features + ``label`` + ``t``) holds past rows from the
+    replay pool that were not trained on, for the forgetting gate, and
+    ``replay_source`` says where the pool came from (``"reservoir"`` or ``"log"``);
+    ``quarantined_rows`` the rows of the log dropped by validation, with
     ``quarantine_reasons`` counting them per ``"<field>:<rule>"``. ``reference`` is a
     seeded sample (at most 5000) of the recent raw rows (features + ``label``): the
     distribution the new version was trained for, to detect drift against later.
@@ -275,11 +320,18 @@ class TrainingWindow:
     duplicate_rows: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     reference: pa.Table | None = None
+    replay_holdout: pa.Table | None = None
+    replay_source: str = "log"
+
+    @property
+    def replay_holdout_rows(self) -> int:
+        return 0 if self.replay_holdout is None else self.replay_holdout.num_rows
 
     def summary(self) -> dict[str, Any]:
         """The lineage record of the window (goes into the version metadata)."""
         return {"rows": self.rows, "since_t": self.since_t, "until_t": self.until_t,
                 "replay_rows": self.replay_rows, "holdout_rows": self.holdout_rows,
+                "replay_holdout_rows": self.replay_holdout_rows, "replay_source": self.replay_source,
                 "quarantined_rows": self.quarantined_rows, "recent_rows": self.recent_rows,
                 "duplicate_rows": self.duplicate_rows,
                 "quarantine_reasons": dict(self.quarantine_reasons)}
@@ -353,12 +405,11 @@ def read_validated(storage: Storage, spec: ModelSpec) -> tuple[pa.Table, int, di
     Returns the valid rows (``request_id, t, t_label, label`` + features), the number of quarantined rows and
     their count per reason (an unreadable file counts once, as ``file:unreadable``)."""
     files = ModelLogs(storage, spec.name).labeled_files()
-    empty = validate_batch(pa.table({}), spec).slice(0, 0)
     if not files:
-        return empty.drop_columns([VALID, REASON]), 0, {}
+        return empty_valid(spec), 0, {}
     table = _read_log(files, storage, spec.model_dump(mode="json"))
     if table.num_rows == 0:
-        return empty.drop_columns([VALID, REASON]), 0, {}
+        return empty_valid(spec), 0, {}
     valid = table.column(VALID).to_numpy(zero_copy_only=False)
     reasons = Counter(r for r in table.column(REASON).to_pylist() if r is not None)
     good = table.filter(pa.array(valid)).drop_columns([VALID, REASON])
@@ -368,55 +419,88 @@ def read_validated(storage: Storage, spec: ModelSpec) -> tuple[pa.Table, int, di
 def build_window(storage: Storage, cfg: Config, *, since_t: float | None = None, seed: int = 0) -> TrainingWindow:
     """Build the training window of ``cfg.model`` from its labeled log (needs Ray).
 
+    The replay reservoir is fed with the labeled rows it has not seen first, then
+    used as the replay pool (when ``data.replay_capacity > 0``).
+
     >>> w = build_window(Storage("runs/store"), cfg, since_t=None, seed=0)  # doctest: +SKIP
-    >>> w.rows, w.holdout_rows, w.quarantined_rows                          # doctest: +SKIP
-    (1480, 320, 12)
+    >>> w.rows, w.holdout_rows, w.quarantined_rows, w.replay_holdout_rows  # doctest: +SKIP
+    (1480, 320, 12, 2000)
     """
     import ray.data
+
+    from lifelong_ray.data.replay import refresh_reservoir
 
     spec = cfg.model
     valid, quarantined, reasons = read_validated(storage, spec)
     if quarantined:
         log.warning("training window of %s: %d labeled rows quarantined %s", spec.name, quarantined, reasons)
-    window = window_from_table(valid, cfg, since_t=since_t, seed=seed, quarantined=quarantined, reasons=reasons)
+    replay = refresh_reservoir(storage, cfg).rows if cfg.data.replay_capacity > 0 else None
+    window = window_from_table(valid, cfg, since_t=since_t, seed=seed, quarantined=quarantined, reasons=reasons,
+                               replay=replay)
     window.train = ray.data.from_arrow(window.train)
     return window
 
 
+def _replay_from_pool(pool: pa.Table, recent_ids: pa.Array, n_train: int,
+                      seed: int) -> tuple[pa.Table, pa.Table]:
+    """(train, holdout) replay rows from a replay pool, leaving out the recent window's rows."""
+    pool, _ = dedupe_latest_label(pool)
+    in_recent = pc.fill_null(pc.is_in(pool.column("request_id"), value_set=recent_ids), False)
+    pool = pool.filter(pc.invert(in_recent))
+    train, holdout = split_replay(pool.num_rows, n_train, np.random.default_rng([seed, 2]))
+    return pool.take(pa.array(train)), pool.take(pa.array(holdout))
+
+
 def window_from_table(valid: pa.Table, cfg: Config, *, since_t: float | None, seed: int, quarantined: int = 0,
-                      reasons: dict[str, int] | None = None) -> TrainingWindow:
+                      reasons: dict[str, int] | None = None, replay: pa.Table | None = None) -> TrainingWindow:
     """The window over already validated labeled rows (``t``, ``label``, features),
     with ``train`` as an arrow table; :func:`build_window` wraps it for Ray Train,
-    the backtest uses it as is with the local runner."""
+    the backtest uses it as is with the local runner. ``replay`` is the replay pool
+    (the reservoir's rows); without it, replay rows come from the older rows of ``valid``."""
     spec = cfg.model
     names = [f.name for f in spec.features]
     reasons = dict(reasons or {})
-    valid, duplicates = dedupe_latest_label(valid)
-    t = valid.column("t").to_numpy()
+    # positions in the deduplicated, t-sorted order; `order` maps them to rows of `valid`
+    order, duplicates = latest_label_order(valid)
+    t = valid.column("t").to_numpy()[order]
     try:
         sel = select_window(t, cfg.training, since_t=since_t, seed=seed)
     except WindowTooSmall as err:
         extra = f"; {quarantined} rows quarantined ({reasons})" if quarantined else ""
         raise WindowTooSmall(f"{spec.name}: {err}{extra}") from None
 
+    cols = names + [LABEL, "t"]
+    rows = valid.select(cols)
+    if replay is None:
+        source, replay_idx = rows, order[sel.replay]
+        replay_holdout = rows.take(pa.array(order[sel.replay_holdout]))
+    else:
+        recent_ids = valid.column("request_id").take(pa.array(order[sel.recent])).combine_chunks()
+        replay_train, replay_holdout = _replay_from_pool(replay, recent_ids, cfg.training.window_replay, seed)
+        # concatenating tables copies no data: one take below builds the whole training table
+        source = pa.concat_tables([rows, replay_train.select(cols).cast(rows.schema)])
+        replay_idx = valid.num_rows + np.arange(replay_train.num_rows)
+    train_idx = np.concatenate([order[sel.train_recent], replay_idx])
     rng = np.random.default_rng([seed, 1])
-    train_idx = sel.train[rng.permutation(len(sel.train))]  # shuffled once: t order is not i.i.d.
-    train_table = valid.select(names + [LABEL]).take(pa.array(train_idx))
-    holdout = valid.select(names + [LABEL, "t"]).take(pa.array(sel.holdout))
+    # shuffled once: t order is not i.i.d.
+    train_table = source.select(names + [LABEL]).take(pa.array(train_idx[rng.permutation(len(train_idx))]))
+    holdout = rows.take(pa.array(order[sel.holdout]))
     n_ref = min(REFERENCE_ROWS, len(sel.recent))
     ref_idx = np.sort(rng.choice(sel.recent, size=n_ref, replace=False))
-    reference = valid.select(names + [LABEL]).take(pa.array(ref_idx))
+    reference = valid.select(names + [LABEL]).take(pa.array(order[ref_idx]))
     return TrainingWindow(
         train=train_table,
         holdout=holdout,
-        rows=len(train_idx),
+        rows=train_table.num_rows,
         holdout_rows=len(sel.holdout),
         since_t=since_t,
         until_t=float(t[sel.recent].max()),
-        replay_rows=len(sel.replay),
+        replay_rows=len(replay_idx),
         quarantined_rows=quarantined,
         recent_rows=len(sel.recent),
         duplicate_rows=duplicates,
         quarantine_reasons=reasons,
         reference=reference,
+        replay_holdout=replay_holdout.select(cols),
+        replay_source="log" if replay is None else "reservoir",
     )

@@ -211,6 +211,62 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    """approve / rollback / retrain / pause / resume: write an operator command the
+    controller applies exactly once (who and why go to the audit log)."""
+    import getpass
+    import time
+
+    from lifelong_ray.control.commands import submit_command
+    from lifelong_ray.control.controller import resolve_storage
+    from lifelong_ray.storage import Storage
+
+    if not (args.why or "").strip():
+        print(f"--why is required: say why you {args.command} (it goes to the audit log)", file=sys.stderr)
+        return 2
+    cfg = resolve_storage(_config_of(args.model, args.config))
+    cmd = submit_command(Storage(cfg.storage.root), args.model, args.command,
+                         version=getattr(args, "version", None), who=args.who or getpass.getuser(),
+                         why=args.why, now=time.time())
+    print(json.dumps({"command_id": cmd.id, "command": cmd.kind.value, "model": args.model,
+                      "version": cmd.version, "who": cmd.who}))
+    print(f"queued; the controller applies it on its next tick: `lifelong history {args.model} --kind "
+          f"{_EVENT_OF[cmd.kind.value]} --kind command_rejected` shows the outcome", file=sys.stderr)
+    return 0
+
+
+_EVENT_OF = {"approve": "approved", "rollback": "rolled_back", "retrain": "retrain_requested",
+             "pause": "paused", "resume": "resumed"}
+
+
+def cmd_label_requests(args: argparse.Namespace) -> int:
+    import time
+
+    from lifelong_ray.control.controller import resolve_storage
+    from lifelong_ray.serving.active import label_requests
+
+    cfg = resolve_storage(_config_of(args.model, args.config))
+    try:
+        out = label_requests(cfg, args.budget, now=time.time())
+    except ValueError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out.model_dump(mode="json"), indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"label requests for {args.model} (most useful first)")
+    for col in ("request_id", "score", "uncertainty", "drift", "version", "why"):
+        table.add_column(col, overflow="fold")
+    for it in out.items:
+        table.add_row(it.request_id, f"{it.score:.3f}", f"{it.uncertainty:.3f}", f"{it.drift:.3f}",
+                      str(it.version), it.why)
+    Console().print(table)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import ray
 
@@ -362,6 +418,25 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("config")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compact)
+    for name, helptext in (("approve", "let a rollout held for approval go on"),
+                           ("rollback", "abort the candidate in rollout, or go back to the previous champion"),
+                           ("retrain", "request a full retrain now (quota still applies)"),
+                           ("pause", "no new retrains or rollout steps until resumed"),
+                           ("resume", "undo pause")):
+        op = sub.add_parser(name, help=helptext)
+        op.add_argument("model")
+        if name == "approve":
+            op.add_argument("version", nargs="?", help="the candidate waiting for approval (default: whichever)")
+        op.add_argument("--why", required=True, help="the reason, recorded in the audit log")
+        op.add_argument("--who", help="who is acting (default: the current user)")
+        op.add_argument("--config", help="the model's config (default: ask its running controller)")
+        op.set_defaults(func=cmd_operator, command=name)
+    lr = sub.add_parser("label-requests", help="served request ids whose labels would help most")
+    lr.add_argument("model")
+    lr.add_argument("--budget", type=int, default=20)
+    lr.add_argument("--config", help="the model's config (default: ask its running controller)")
+    lr.add_argument("--json", action="store_true")
+    lr.set_defaults(func=cmd_label_requests)
     st = sub.add_parser("status", help="versions, weights, stage, drift")
     st.add_argument("model", nargs="?")
     st.add_argument("--json", action="store_true")

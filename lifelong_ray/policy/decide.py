@@ -119,7 +119,9 @@ def _take_retrain_outcome(tick: Tick, obs: Observations) -> None:
                    margin=tick.cfg.rollout.gate_margin, rows=out.holdout_rows, min_gain=min_gain,
                    replay_candidate_accuracy=out.replay_candidate_accuracy,
                    replay_champion_accuracy=out.replay_champion_accuracy, replay_rows=out.replay_rows,
-                   forgetting_margin=tick.cfg.rollout.forgetting_margin)
+                   # after a drift the replay rows hold the old concept: forgetting it is the point
+                   forgetting_margin=None if s.retrain_purpose in ("drift", "bootstrap")
+                   else tick.cfg.rollout.forgetting_margin)
     scores = dict(candidate_accuracy=out.candidate_accuracy, champion_accuracy=out.champion_accuracy,
                   replay_candidate_accuracy=out.replay_candidate_accuracy,
                   replay_champion_accuracy=out.replay_champion_accuracy)

@@ -88,6 +88,9 @@ def _result_from_version(reg: Any, version: str, job_id: str, champion: str | No
         job_id=job_id, status=STATUS_OK, version=version,
         candidate_accuracy=metrics.get("holdout_accuracy"),
         champion_accuracy=metrics.get("champion_holdout_accuracy"),
+        replay_candidate_accuracy=metrics.get("replay_accuracy"),
+        replay_champion_accuracy=metrics.get("champion_replay_accuracy"),
+        replay_rows=int(window.get("replay_holdout_rows", 0)),
         holdout_rows=int(window.get("holdout_rows", 0)), train_rows=int(window.get("rows", 0)),
         train_seconds=float(meta.get("train_seconds", 0.0)), runner=str(meta.get("runner", "")),
         error=None, finished_at=now, champion=meta.get("parent", champion), reused=True,
@@ -159,8 +162,6 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
     evaluate candidate and champion on its holdout, register the candidate with
     its lineage. Shared by the live job and the backtest."""
     from lifelong_ray.data.schema import Schema
-    from lifelong_ray.data.transform import columns_from_table
-    from lifelong_ray.data.window import LABEL
     from lifelong_ray.training.runner import finetune, train
 
     schema = Schema(cfg.model)
@@ -171,22 +172,26 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
     else:
         trained = train(window, cfg, seed, name=f"{cfg.model.name}-{job_id}-{int(time.time())}")
 
-    holdout_cols = columns_from_table(window.holdout, schema)
-    truth = window.holdout.column(LABEL).to_numpy(zero_copy_only=False)
-    cand_acc = _accuracy(trained.as_loaded().predict(holdout_cols)[0], truth)
+    candidate = trained.as_loaded()
     warnings: list[str] = []
-    champ_acc: float | None = None
+    champ_model = None
     if champion is not None:
         try:
-            champ_acc = _accuracy(reg.load(champion).predict(holdout_cols)[0], truth)
+            champ_model = reg.load(champion)
         except Exception as err:  # noqa: BLE001 - a broken champion must not block a fix
-            warnings.append(f"champion {champion} could not be evaluated: {type(err).__name__}: {err}")
+            warnings.append(f"champion {champion} could not be loaded: {type(err).__name__}: {err}")
             log.warning("retrain %s: %s", job_id, warnings[-1])
+    cand_acc, champ_acc = _scores(window.holdout, schema, candidate, champ_model)
+    # The forgetting check: both on a holdout of the replay reservoir (past rows, never trained on).
+    replay = getattr(window, "replay_holdout", None)
+    replay_rows = replay.num_rows if replay is not None else 0
+    replay_cand, replay_champ = _scores(replay, schema, candidate, champ_model) if replay_rows else (None, None)
     if window.quarantined_rows:
         warnings.append(f"{window.quarantined_rows} labeled rows quarantined: {window.quarantine_reasons}")
 
     metadata = {
         "metrics": {"holdout_accuracy": cand_acc, "champion_holdout_accuracy": champ_acc,
+                    "replay_accuracy": replay_cand, "champion_replay_accuracy": replay_champ,
                     "train_loss": trained.metrics.get("train_loss")},
         "window": window.summary(),
         "parent": champion,
@@ -206,8 +211,20 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
         job_id=job_id, status=STATUS_OK, version=version, candidate_accuracy=cand_acc,
         champion_accuracy=champ_acc, holdout_rows=window.holdout_rows, train_rows=window.rows,
         train_seconds=trained.train_seconds, runner=trained.runner, error=None, finished_at=time.time(),
-        champion=champion, warnings=warnings,
+        champion=champion, warnings=warnings, replay_candidate_accuracy=replay_cand,
+        replay_champion_accuracy=replay_champ, replay_rows=replay_rows,
     )
+
+
+def _scores(table: Any, schema: Any, candidate: Any, champion: Any) -> tuple[float, float | None]:
+    """Accuracy of the candidate and (when loaded) the champion on a labeled table."""
+    from lifelong_ray.data.transform import columns_from_table
+    from lifelong_ray.data.window import LABEL
+
+    cols = columns_from_table(table, schema)
+    truth = table.column(LABEL).to_numpy(zero_copy_only=False)
+    cand = _accuracy(candidate.predict(cols)[0], truth)
+    return cand, (_accuracy(champion.predict(cols)[0], truth) if champion is not None else None)
 
 
 def _retrain_task_impl(cfg_dict: dict[str, Any], *, job_id: str, since_t: float | None,

@@ -278,3 +278,18 @@ def test_the_queue_runs_the_most_urgent_request_first_and_one_retrain_answers_al
     d = step(settle, c, 1000.0, labeled_total=5000)  # a refresh is not urgent: waits for the allowed hour
     assert kinds(d) == ["retrain_requested", "retrain_deferred"] and "allowed hours" in d.events[-1].reason
     assert [r.kind for r in d.state.retrain_queue] == ["settle"]
+
+
+@pytest.mark.parametrize("purpose, expect", [
+    ("settle", "gate_failed"),     # a refresh of the same concept must not forget the past
+    ("operator", "gate_failed"),
+    ("drift", "canary_started"),   # after a drift, the replay rows hold the old concept
+])
+def test_forgetting_check_applies_except_after_a_drift(purpose, expect):
+    out = OUT.model_copy(update={"candidate_accuracy": 0.95, "champion_accuracy": 0.90,
+                                 "replay_candidate_accuracy": 0.70, "replay_champion_accuracy": 0.90,
+                                 "replay_rows": 500})
+    d = step(running(purpose=purpose), CFG, 10.0, retrain_outcome=out)
+    assert kinds(d)[-1] == expect
+    if expect == "gate_failed":
+        assert "forgetting" in d.events[-1].reason and "0.700" in d.events[-1].reason

@@ -287,11 +287,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="lifelong status")
-    for col in ("model", "champion", "weights", "rollout", "retrain", "paused", "last drift", "last quality"):
+    for col in ("model", "champion", "weights", "rollout", "retrain", "paused", "budget", "quota",
+                "last drift", "last quality"):
         table.add_column(col, overflow="fold")
     for m, st in states.items():
         weights = " ".join(f"{v}:{w:g}%" for v, w in sorted(st["weights"].items()))
-        table.add_row(m, str(st["champion"]), weights, st["rollout"], st["retrain"], str(st["paused"]),
+        rollout = st["rollout"] + (f" ({st['approval_for']})" if st.get("approval_for") else "")
+        budget = st.get("budget") or {}
+        budget_txt = ("FROZEN: " if st.get("budget_frozen") else "") + budget.get("reason", "not measured yet")
+        queue = [r["kind"] for r in st.get("retrain_queue", [])]
+        quota = f"{len(st.get('retrain_history', []))} retrains in 24h" + (f"; queued {queue}" if queue else "") + \
+            (f"; {st['retrain_deferred_reason'].split('|')[-1]}" if st.get("retrain_deferred_reason") else "")
+        table.add_row(m, str(st["champion"]), weights, rollout, st["retrain"], str(st["paused"]), budget_txt, quota,
                       (st.get("last_feature_drift") or {}).get("reason", "-"),
                       (st.get("last_quality") or {}).get("reason", "-"))
     Console().print(table)

@@ -97,6 +97,7 @@ class ControllerState(BaseModel):
     previous_reference_accuracy: float | None = None
     budget_frozen: bool = False
     budget_reason: str = ""
+    budget: dict[str, Any] = Field(default_factory=dict)  # the last budget seen: remaining and burn per SLI
     commands_done: list[str] = Field(default_factory=list)  # ids of operator commands taken in (newest last)
 
     retrain: RetrainStage = RetrainStage.IDLE

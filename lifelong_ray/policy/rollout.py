@@ -303,6 +303,11 @@ def watch_budget(tick: Tick, obs: Observations) -> None:
     s, budget = tick.s, obs.budget
     if budget is None:
         return
+    s.budget = {"exhausted": budget.exhausted, "alerting": budget.alerting, "reason": budget.reason,
+                "slis": {name: {"remaining": round(st.remaining, 4),
+                                "burn": {f"{w.seconds:g}s": round(w.burn_rate, 3) for w in st.windows},
+                                "alerts": [a.name for a in st.alerts if a.firing]}
+                         for name, st in budget.slis.items()}}
     frozen = tick.cfg.slo.freeze_when_exhausted and budget.exhausted
     if frozen and not s.budget_frozen:
         s.budget_frozen, s.budget_reason = True, budget.reason

@@ -2,17 +2,29 @@
 
 Three measurements, each against its baseline in the same run:
 
-1. **Logging overhead of a prediction.** The ingress's own work per request, as the
-   real code does it, for one instance at a time, sequentially: validate the JSON
-   record (``Schema.validate_records``), predict with a model registered in and
-   loaded from the registry (``LoadedModel.predict``), build the arrow feature columns
-   and write the durable parquet log file (``ModelLogs.append_predictions``: zstd
-   parquet, temp file, fsync, rename) -- versus exactly the same without the log
-   write. The two variants alternate request by request so load from other
-   processes hits both alike. ``logging_p50_overhead = p50_with / p50_without - 1``.
-   The Ray Serve hops (HTTP proxy -> ingress -> replica, ~1-3 ms) are not in either
-   variant, so this is the overhead relative to the ingress's CPU work alone: an
-   upper bound of the share it adds to an HTTP request.
+1. **Logging overhead of a prediction**, three variants: no log write, the durable
+   log write with ``data.log_fsync: true`` (the default: file and directory fsynced)
+   and with ``log_fsync: false`` (written and renamed, no fsync).
+
+   * **Over HTTP** (the user-visible figure; not with ``--quick``): the script starts
+     its own local Ray and Serve (127.0.0.1, a free port; shut down at the end) and
+     deploys one small app per variant doing the ingress's predict work: parse the
+     JSON body, ``Schema.validate_records``, predict with a model registered in and
+     loaded from the registry, and -- in the log variants -- the ingress's own log
+     write (``ModelLogs.prediction_rows`` through a ``GroupCommit`` writer, awaited
+     before the answer). One client sends ``--requests`` single-instance requests
+     one at a time, split into ``--rounds`` rounds in which the variants alternate
+     (ABC, CBA, ...); p50/p95 over all of a variant's requests. Then each variant
+     serves the same requests from ``--clients`` concurrent clients (p50 latency,
+     requests/s and the log files written: group commit puts concurrent requests in
+     one file). The version hop of the real router is left out of every variant.
+   * **In process** (always; the only one with ``--quick``): the same work without
+     HTTP, request by request, the variants taking turns, with
+     ``ModelLogs.append_predictions`` (one file per request): the overhead relative
+     to the ingress's CPU work alone, an upper bound of the HTTP share.
+
+   ``logging_p50_overhead = p50(log) / p50(no log) - 1`` for the variant the default
+   ``data.log_fsync`` selects, over HTTP when it was measured, else in process.
 2. **Validation throughput of batch ingest** (the Ray-free path of ``lifelong
    ingest``): read a labeled parquet file, check its columns, mark every row
    (``mark_rows``: ``Schema.row_mask`` + the label domain) and run the guard's
@@ -38,10 +50,12 @@ Three measurements, each against its baseline in the same run:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +71,7 @@ import pyarrow.parquet as pq
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lifelong_ray.config import Config, load_config  # noqa: E402
+from lifelong_ray.config import Config, DataConfig, load_config  # noqa: E402
 from lifelong_ray.data.guard import label_shift, out_of_range  # noqa: E402
 from lifelong_ray.data.ingest import mark_rows, schema_problems, to_labeled  # noqa: E402
 from lifelong_ray.data.logs import ModelLogs, feature_arrays  # noqa: E402
@@ -77,6 +91,10 @@ def _config(root: str, window_recent: int = 2500) -> Config:
 
 
 # -- 1. logging overhead ----------------------------------------------------------------
+#: the variants (HTTP routes): ``data.log_fsync`` of the log writer, None for no log write
+HTTP_VARIANTS = {"/no-log": None, "/log-fsync": True, "/log-no-fsync": False}
+
+
 def _registered_model(cfg: Config, storage: Storage) -> Any:
     """The demo MLP, fitted briefly and registered, loaded back as serving loads it."""
     from lifelong_ray.registry.store import Registry
@@ -94,34 +112,170 @@ def _registered_model(cfg: Config, storage: Storage) -> Any:
     return reg.load(version)
 
 
-def measure_logging(cfg: Config, storage: Storage, requests: int) -> dict[str, float]:
+def measure_logging(cfg: Config, storage: Storage, requests: int) -> dict[str, Any]:
+    """In process, request by request: the variants of :data:`HTTP_VARIANTS` take turns."""
     schema = Schema(cfg.model)
     categorical = {f.name for f in schema.features if f.dtype == "category"}
     model = _registered_model(cfg, storage)
-    logs = ModelLogs.from_config(storage, cfg)
+    writers = {route: None if fsync is None else ModelLogs.from_config(
+        storage, cfg.with_overrides(data={"log_fsync": fsync})) for route, fsync in HTTP_VARIANTS.items()}
     records = abrupt_concept_drift(requests, drift_at=requests // 2, seed=1).rows(0, requests)
 
-    def serve(i: int, log: bool) -> float:
+    def serve(i: int, logs: ModelLogs | None) -> float:
         t0 = time.perf_counter()
         cols, violations = schema.validate_records([records[i]])
         assert not violations
         labels, conf = model.predict(cols)
-        if log:
+        if logs is not None:
             logs.append_predictions(request_ids=[f"r{i}"], t=time.time(), version=model.version,
                                     features=feature_arrays(cols, schema.names, categorical), predictions=labels,
                                     confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key="user-1")
         return time.perf_counter() - t0
 
-    for i in range(min(50, requests)):  # warm-up: imports, allocator, page cache
-        serve(i, i % 2 == 0)
-    with_log, without = [], []
+    routes = list(HTTP_VARIANTS)
+    for i in range(min(60, requests)):  # warm-up: imports, allocator, page cache
+        serve(i, writers[routes[i % len(routes)]])
+    times: dict[str, list[float]] = {r: [] for r in routes}
     for i in range(requests):
-        (with_log if i % 2 == 0 else without).append(serve(i, i % 2 == 0))
-    p50w, p50o = statistics.median(with_log), statistics.median(without)
-    return {"p50_with_ms": p50w * 1e3, "p50_without_ms": p50o * 1e3,
-            "p95_with_ms": float(np.percentile(with_log, 95)) * 1e3,
-            "p95_without_ms": float(np.percentile(without, 95)) * 1e3,
-            "overhead": p50w / p50o - 1, "requests": requests}
+        route = routes[i % len(routes)]
+        times[route].append(serve(i, writers[route]))
+    return _summary(times, {"requests_per_variant": len(times[routes[0]])})
+
+
+def _summary(seq: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, Any]:
+    """p50/p95 (ms) per variant, and each log variant's p50 overhead over ``/no-log``."""
+    out: dict[str, Any] = dict(extra)
+    for route, xs in seq.items():
+        out[route] = {"p50_ms": statistics.median(xs) * 1e3, "p95_ms": float(np.percentile(xs, 95)) * 1e3}
+    for route in seq:
+        out[route]["overhead"] = out[route]["p50_ms"] / out["/no-log"]["p50_ms"] - 1
+    return out
+
+
+# -- 1b. logging overhead over HTTP ------------------------------------------------------
+def _predict_deployment() -> Any:
+    """The ingress's predict work as one Serve deployment: validate -> predict -> (log) -> answer.
+
+    The log write is the ingress's own: ``ModelLogs.prediction_rows`` through a
+    ``GroupCommit`` writer, awaited before the answer."""
+    import uuid
+
+    from ray import serve
+    from starlette.requests import Request
+
+    from lifelong_ray.data.logs import GroupCommit
+    from lifelong_ray.registry.store import Registry
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
+    class BenchPredict:
+        def __init__(self, cfg_dict: dict[str, Any], version: str, log_fsync: bool | None) -> None:
+            cfg = Config.model_validate(cfg_dict)
+            storage = Storage(cfg.storage.root)
+            self.schema = Schema(cfg.model)
+            self.categorical = {f.name for f in self.schema.features if f.dtype == "category"}
+            self.model = Registry(storage, cfg.model.name).load(version)
+            self.logs = None if log_fsync is None else ModelLogs.from_config(
+                storage, cfg.with_overrides(data={"log_fsync": log_fsync}))
+            self.writer = None if self.logs is None else GroupCommit(self.logs, self.logs.predictions_prefix)
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            body = await request.json()
+            cols, violations = self.schema.validate_records(body["instances"])
+            if violations:
+                raise ValueError(violations)
+            labels, conf = self.model.predict(cols)
+            ids = [uuid.uuid4().hex for _ in labels]
+            if self.writer is not None:
+                rows = functools.partial(
+                    self.logs.prediction_rows, request_ids=ids, version=self.model.version,
+                    features=feature_arrays(cols, self.schema.names, self.categorical), predictions=labels,
+                    confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.get("key"))
+                await self.writer.append(lambda t: rows(t=t), len(ids))
+            return {"predictions": np.asarray(labels).tolist(), "request_ids": ids}
+
+    return BenchPredict
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sequential(url: str, bodies: list[bytes], session: Any) -> list[float]:
+    out = []
+    for body in bodies:
+        t0 = time.perf_counter()
+        r = session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        out.append(time.perf_counter() - t0)
+        r.raise_for_status()
+    return out
+
+
+def _concurrent(url: str, bodies: list[bytes], clients: int) -> list[float]:
+    import requests
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(k: int) -> list[float]:
+        with requests.Session() as session:
+            return _sequential(url, bodies[k::clients], session)
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [x for part in pool.map(client, range(clients)) for x in part]
+
+
+def measure_logging_http(cfg: Config, storage: Storage, requests_: int, rounds: int,
+                         clients: int) -> dict[str, Any]:
+    """p50/p95 of sequential predicts over real HTTP per variant (rounds alternate ABC/CBA),
+    then the same under ``clients`` concurrent clients, with the log files written."""
+    import ray
+    import requests
+    from ray import serve
+
+    version = _registered_model(cfg, storage).version
+    records = abrupt_concept_drift(requests_, drift_at=requests_ // 2, seed=1).rows(0, requests_)
+    bodies = [json.dumps({"instances": [r], "key": "user-1"}).encode() for r in records]
+    port = _free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = _predict_deployment()
+        for route, fsync in HTTP_VARIANTS.items():
+            serve.run(app.bind(cfg.model_dump(mode="json"), version, fsync), name=f"bench{route.replace('/', '-')}",
+                      route_prefix=route)
+        base = f"http://127.0.0.1:{port}"
+        seq: dict[str, list[float]] = {r: [] for r in HTTP_VARIANTS}
+        per_round = max(1, requests_ // (rounds * len(HTTP_VARIANTS)))
+        with requests.Session() as session:
+            for route in HTTP_VARIANTS:  # warm-up
+                _sequential(base + route, bodies[:20], session)
+            for k in range(rounds):
+                order = list(HTTP_VARIANTS) if k % 2 == 0 else list(reversed(HTTP_VARIANTS))
+                chunk = bodies[(k * per_round) % len(bodies):][:per_round]
+                for route in order:
+                    seq[route].extend(_sequential(base + route, chunk, session))
+        conc: dict[str, list[float]] = {}
+        files: dict[str, int] = {}
+        wall: dict[str, float] = {}
+        prefix = ModelLogs(storage, cfg.model.name).predictions_prefix
+        for route in HTTP_VARIANTS:  # one variant at a time, so the new files are its own
+            before = len(storage.list(prefix, suffix=".parquet"))
+            t0 = time.perf_counter()
+            conc[route] = _concurrent(base + route, bodies, clients)
+            wall[route] = time.perf_counter() - t0
+            files[route] = len(storage.list(prefix, suffix=".parquet")) - before
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    out = _summary(seq, {"requests_per_variant": len(seq["/no-log"]), "clients": clients,
+                         "concurrent_requests": len(bodies)})
+    for route in HTTP_VARIANTS:
+        out[route].update(conc_p50_ms=statistics.median(conc[route]) * 1e3, conc_rps=len(conc[route]) / wall[route],
+                          conc_files=files[route])
+    for route in HTTP_VARIANTS:
+        out[route]["conc_overhead"] = out[route]["conc_p50_ms"] / out["/no-log"]["conc_p50_ms"] - 1
+    return out
 
 
 # -- 2. validation throughput ------------------------------------------------------------
@@ -221,18 +375,30 @@ def measure_window(workdir: Path, gigabytes: float, use_ray: bool) -> dict[str, 
 
 
 # -- main --------------------------------------------------------------------------------
-def run(requests: int, rows: int, repeats: int, window_gb: float, use_ray: bool) -> dict[str, Any]:
+def run(requests: int, rows: int, repeats: int, window_gb: float, use_ray: bool, rounds: int = 10,
+        clients: int = 8) -> dict[str, Any]:
+    """Every measurement; over HTTP (a local Ray + Serve of its own) only with ``use_ray``."""
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         work = Path(tmp)
         cfg = _config(str(work / "serve"))
+        load_before = os.getloadavg()[0]
         logging_ = measure_logging(cfg, Storage(cfg.storage.root), requests)
+        http = measure_logging_http(_config(str(work / "http")), Storage(str(work / "http")), requests, rounds,
+                                    clients) if use_ray else None
         validation = measure_validation(cfg, work, rows, repeats)
         window = measure_window(work, window_gb, use_ray)
-    return {"logging": logging_, "validation": validation, "window": window}
+    return {"logging": logging_, "http": http, "validation": validation, "window": window,
+            "load": (load_before, os.getloadavg()[0]), "default_route": DEFAULT_ROUTE}
+
+
+#: the variant that ``data.log_fsync``'s default selects: what ``logging_p50_overhead`` reports
+DEFAULT_ROUTE = "/log-fsync" if DataConfig().log_fsync else "/log-no-fsync"
 
 
 def json_summary(r: dict[str, Any]) -> dict[str, float]:
-    return {"logging_p50_overhead": r["logging"]["overhead"],
+    """``logging_p50_overhead``: over HTTP when measured (not with ``--quick``), else in process."""
+    primary = r["http"] or r["logging"]
+    return {"logging_p50_overhead": primary[DEFAULT_ROUTE]["overhead"],
             "validate_rows_per_s": r["validation"]["validate_rows_per_s"],
             "pyarrow_rows_per_s": r["validation"]["pyarrow_rows_per_s"],
             "window_peak_rss_mb": r["window"]["peak_rss_mb"]}
@@ -244,13 +410,27 @@ def print_tables(r: dict[str, Any]) -> None:
 
     c = Console()
     lg, va, wi = r["logging"], r["validation"], r["window"]
-    t = Table(title=f"prediction logging, {lg['requests']} sequential single-instance requests")
-    for col in ("variant", "p50 ms", "p95 ms"):
+    names = {"/no-log": "no log", "/log-fsync": "log, log_fsync: true", "/log-no-fsync": "log, log_fsync: false"}
+    http = r["http"]
+    t = Table(title="prediction logging: p50 overhead target <= +5% "
+                    f"(logging_p50_overhead = {'HTTP' if http else 'in-process'} {r['default_route']})")
+    for col in ("variant", "in process p50 / p95 ms", "overhead") + (
+            ("HTTP p50 / p95 ms", "overhead", "HTTP concurrent p50 ms", "overhead", "req/s", "log files")
+            if http else ()):
         t.add_column(col)
-    t.add_row("validate + predict + durable parquet log", f"{lg['p50_with_ms']:.3f}", f"{lg['p95_with_ms']:.3f}")
-    t.add_row("validate + predict", f"{lg['p50_without_ms']:.3f}", f"{lg['p95_without_ms']:.3f}")
-    t.add_row("p50 overhead", f"{lg['overhead']:+.1%}", "target <= +5%")
+    for route, name in names.items():
+        a = lg[route]
+        cells = [name, f"{a['p50_ms']:.3f} / {a['p95_ms']:.3f}", f"{a['overhead']:+.1%}"]
+        if http:
+            h = http[route]
+            cells += [f"{h['p50_ms']:.2f} / {h['p95_ms']:.2f}", f"{h['overhead']:+.1%}", f"{h['conc_p50_ms']:.2f}",
+                      f"{h['conc_overhead']:+.1%}", f"{h['conc_rps']:.0f}", f"{h['conc_files']}"]
+        t.add_row(*cells)
     c.print(t)
+    c.print(f"in process: {lg['requests_per_variant']} requests per variant, taking turns"
+            + (f"; HTTP: {http['requests_per_variant']} sequential requests per variant in alternating rounds, "
+               f"then {http['concurrent_requests']} from {http['clients']} concurrent clients per variant"
+               if http else "; HTTP: not measured (--quick)"))
     t = Table(title=f"batch validation of a {va['rows']:,}-row parquet file")
     for col in ("path", "seconds", "rows/s"):
         t.add_column(col)
@@ -265,16 +445,20 @@ def print_tables(r: dict[str, Any]) -> None:
               f"{wi['peak_rss_mb']:,.0f} MB")
     c.print(t)
     c.print(f"{platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
-            f"python {platform.python_version()} · pyarrow {pa.__version__}")
+            f"python {platform.python_version()} · pyarrow {pa.__version__} · "
+            f"load average {r['load'][0]:.2f} before, {r['load'][1]:.2f} after")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=2000, help="sequential requests (half with logging)")
+    ap.add_argument("--requests", type=int, default=2000,
+                    help="sequential requests, split among the three variants (in process; and again over HTTP)")
+    ap.add_argument("--rounds", type=int, default=10, help="alternating rounds of the HTTP variants")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients of the concurrent phase")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the batch file to validate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--window-gb", type=float, default=1.0, help="labeled log size (arrow GB) for the window")
-    ap.add_argument("--quick", action="store_true", help="small sizes, Ray-free window path")
+    ap.add_argument("--quick", action="store_true", help="small sizes, Ray-free: no HTTP, in-process window path")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
     ap.add_argument("--window-child", metavar="ROOT", help=argparse.SUPPRESS)
     ap.add_argument("--recent", type=int, default=0, help=argparse.SUPPRESS)
@@ -285,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.requests, args.rows, args.repeats, args.window_gb = 200, 50_000, 1, 0.02
-    result = run(args.requests, args.rows, args.repeats, args.window_gb, use_ray=not args.quick)
+    result = run(args.requests, args.rows, args.repeats, args.window_gb, use_ray=not args.quick, rounds=args.rounds,
+                 clients=args.clients)
     if args.json:
         print(json.dumps(json_summary(result)))
     else:

@@ -274,6 +274,13 @@ class DataConfig(_Frozen):
                               description="environment variable holding the PII salt (required when pii_fields is set)")
     retention_days: float | None = Field(default=None, gt=0, description="drop log partitions older than this")
     compact_min_files: int = Field(default=32, ge=2, description="compact a day's partition above this many files")
+    log_fsync: bool = Field(
+        default=True,
+        description="fsync each prediction/feedback log file (and its directory) before the 2xx: the record "
+                    "survives a power loss or kernel crash. false: written and renamed into place before the 2xx, "
+                    "which survives a crash of the ingress process but not of the machine (the OS writes it "
+                    "back within seconds); about 4 ms less per request on a VM disk. Concurrent requests share "
+                    "one file and one fsync either way (group commit)")
 
     @field_validator("pii_fields")
     @classmethod

@@ -25,6 +25,11 @@ A label join should therefore keep rows with ``error is null and not shadow``
 for the served prediction. A version *fails* a call when it raises, times out, is
 not deployed, or answers a non-finite confidence (``non_finite_output``).
 
+Rows are written by one :class:`~lifelong_ray.data.logs.GroupCommit` per log and
+model (group commit: requests that arrive while a file is being written share the
+next file and its fsync), and a request is answered 2xx only once its rows are in
+a durable file (``data.log_fsync`` says whether that includes an fsync).
+
 Besides predict, the ingress takes feedback labels exactly once
 (:mod:`~lifelong_ray.serving.feedback`), hands out label requests
 (:mod:`~lifelong_ray.serving.active`), takes operator commands behind a bearer
@@ -54,7 +59,7 @@ from ray import serve
 
 from lifelong_ray.config import Config, ServingConfig
 from lifelong_ray.control.commands import submit_command
-from lifelong_ray.data.logs import ModelLogs, feature_arrays
+from lifelong_ray.data.logs import GroupCommit, ModelLogs, feature_arrays, feedback_rows
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.model import CommandKind
@@ -377,7 +382,10 @@ class _Model:
         self.schema = Schema(cfg.model)
         self.categorical = {f.name for f in cfg.model.features if f.dtype == "category"}
         self.storage = Storage(cfg.storage.root)
-        self.logs = ModelLogs(self.storage, self.name)
+        self.logs = ModelLogs.from_config(self.storage, cfg)
+        # group commit: the rows of concurrent requests share one durable file
+        self.predictions_log = GroupCommit(self.logs, self.logs.predictions_prefix)
+        self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
         self.book = FeedbackBook(self.logs, horizon_s=cfg.data.label_horizon_seconds, capacity=index_capacity)
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
@@ -584,12 +592,12 @@ class Ingress:
                    labels: list[int] | None, conf: list[float] | None, latency_ms: float,
                    key: str | None, shadow: bool = False, error: str | None = None) -> None:
         n = len(request_ids)
-        t = time.time()
-        path = await asyncio.to_thread(
-            m.logs.append_predictions, request_ids=request_ids, t=t, version=version,
+        rows = functools.partial(
+            m.logs.prediction_rows, request_ids=request_ids, version=version,
             features=features, predictions=labels if labels is not None else [-1] * n,
             confidence=conf if conf is not None else [math.nan] * n, latency_ms=latency_ms,
             key=key, shadow=shadow, error=error)
+        path, t = await m.predictions_log.append(lambda t: rows(t=t), n)
         if not shadow and error is None:
             m.book.served_now(path, request_ids, t)
 
@@ -696,13 +704,13 @@ class Ingress:
             raise _ApiError(503, f"could not check the labels against the logs: {type(err).__name__}: {err}") from None
         rejected = sorted([*rejected, *more], key=lambda r: r.index)
         if accepted:
-            t = time.time()
-            write = asyncio.ensure_future(asyncio.to_thread(
-                m.logs.append_feedback, [c.request_id for c in accepted], [c.label for c in accepted], t))
+            ids, labels = [c.request_id for c in accepted], [c.label for c in accepted]
+            write = asyncio.ensure_future(m.feedback_log.append(lambda t: feedback_rows(ids, labels, t), len(ids)))
 
             def _settle(done: asyncio.Future) -> None:  # when the write ends, even if this request was cancelled
                 ok = not done.cancelled() and done.exception() is None
-                m.book.settle(accepted, done.result() if ok else None, t)
+                path, t = done.result() if ok else (None, now)
+                m.book.settle(accepted, path, t)
 
             write.add_done_callback(_settle)
             try:

@@ -68,6 +68,8 @@ class Controller:
 
     def _drain(self) -> bool:
         """Run the pending actions in order; stop at the first failure. True if all ran."""
+        if not self.state.pending_actions:
+            return True  # nothing ran: the state on storage is already this one
         while self.state.pending_actions:
             action: Action = self.state.pending_actions[0]
             try:

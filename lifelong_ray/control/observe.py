@@ -120,9 +120,15 @@ class Observer:
         df = df[~shadow].sort_values("t", kind="stable")
         df = df[_SERVED_COLS + self.schema.names]
         self.tracker.add_served(df)
-        fresh = df[df["error"].isna() & ~df["request_id"].isin(self._labeled_ids)].set_index("request_id")
+        fresh = df[df["error"].isna() & ~self._already_labeled(df["request_id"])].set_index("request_id")
         if not fresh.empty:
             self._unjoined = pd.concat([self._unjoined, fresh]) if not self._unjoined.empty else fresh
+
+    def _already_labeled(self, ids: pd.Series) -> np.ndarray:
+        """Which of ``ids`` were labeled before: set lookups of the new rows only
+        (``Series.isin(set)`` would rebuild a table of every id ever labeled)."""
+        seen = self._labeled_ids
+        return np.fromiter((r in seen for r in ids), dtype=bool, count=len(ids))
 
     def _join_labels(self, now: float) -> None:
         table = self._fb_tail.read_new()
@@ -133,7 +139,7 @@ class Observer:
         if labels.empty:
             return
         labels = labels.drop_duplicates("request_id", keep="first")
-        labels = labels[~labels["request_id"].isin(self._labeled_ids)]
+        labels = labels[~self._already_labeled(labels["request_id"])]
         matched = labels["request_id"].isin(self._unjoined.index)
         self._early_labels = labels[~matched].reset_index(drop=True)
         hit = labels[matched]

@@ -74,15 +74,25 @@ class WindowTracker:
     # -- feeding ------------------------------------------------------------------
     def add_served(self, rows: pd.DataFrame) -> None:
         """Served, non-shadow rows in time order: t, version, error (None if ok),
-        latency_ms (optional: a missing column or NaN is "not measured"), features."""
+        latency_ms (optional: a missing column or NaN is "not measured"), request_id
+        (optional: an error row whose request was answered by another row is a retried
+        call, not a failure the client saw, for the error budget), features."""
         if rows.empty:
             return
         err = rows["error"].notna().to_numpy()
         t = rows["t"].to_numpy(dtype=float)
+        version = rows["version"].to_numpy(dtype=object)
         latency = (rows["latency_ms"].to_numpy(dtype=float, na_value=np.nan) if "latency_ms" in rows
                    else np.full(len(rows), np.nan))
-        self._served.append(_Chunk(t, rows["version"].to_numpy(dtype=object), err, latency))
-        self._sli.add_served(t, err, latency)
+        # The instances of one request are adjacent rows sharing its latency: one sample per request.
+        same = np.zeros(len(rows), dtype=bool)
+        same[1:] = (latency[1:] == latency[:-1]) & (t[1:] == t[:-1]) & (version[1:] == version[:-1])
+        latency = np.where(same, np.nan, latency)
+        self._served.append(_Chunk(t, version, err, latency))
+        # A failed canary call retried on the champion was answered: not an error the client saw.
+        retried = err & rows["request_id"].isin(set(rows.loc[~err, "request_id"])).to_numpy() \
+            if "request_id" in rows and err.any() else np.zeros(len(rows), dtype=bool)
+        self._sli.add_served(t[~retried], err[~retried], latency[~retried])
         ok = rows[~err]
         if len(ok):
             self._feature_buf.append(ok[["t", *self.schema.names]])

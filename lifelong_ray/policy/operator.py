@@ -53,11 +53,12 @@ def _resume(tick: Tick, cmd: OperatorCommand) -> str:
 
 def _retrain(tick: Tick, cmd: OperatorCommand) -> str:
     s = tick.s
-    if s.retrain != RetrainStage.IDLE:
-        return f"a retrain is already {s.retrain.value} ({s.retrain_job_id or s.retrain_reason})"
+    if s.retrain == RetrainStage.RUNNING:
+        return f"retrain job {s.retrain_job_id} is already running"
     if s.rollout != RolloutStage.STABLE:
         return f"{s.candidate or s.champion} is in rollout stage {s.rollout.value}; retry when it ends"
     s.settles_left, s.settle_due_labeled = 0, None
+    # urgent: it goes ahead of a refresh waiting on budget or quota (urgent requests still respect quotas)
     pend(tick, None, f"requested by {cmd.who}: {cmd.why or 'no reason given'}", purpose="operator", urgent=True,
          who=cmd.who, why=cmd.why, command_id=cmd.id)
     return ""

@@ -293,3 +293,17 @@ def test_forgetting_check_applies_except_after_a_drift(purpose, expect):
     assert kinds(d)[-1] == expect
     if expect == "gate_failed":
         assert "forgetting" in d.events[-1].reason and "0.700" in d.events[-1].reason
+
+
+def test_an_operator_retrain_goes_ahead_of_a_refresh_waiting_on_the_budget():
+    from lifelong_ray.policy.quota import RetrainRequest
+
+    refresh = RetrainRequest(kind="feature_drift", reason="PSI 0.4", requested_t=1.0, since_t=0.5, purpose="drift")
+    waiting = ControllerState(model="m", champion="v0001", weights={"v0001": 100.0}, budget_frozen=True,
+                              budget_reason="error-rate budget exhausted", retrain=RetrainStage.PENDING,
+                              retrain_queue=[refresh], retrain_urgent=False, retrain_since_t=0.5)
+    d = step(waiting, CFG, 10.0, labeled_total=5000, budget=budget(True))
+    assert kinds(d) == ["retrain_deferred"] and "budget" in d.events[0].reason
+    d = step(d.state, CFG, 20.0, labeled_total=5000, budget=budget(True), commands=[cmd("retrain")])
+    assert kinds(d) == ["retrain_requested", "retrain_started"]
+    assert d.state.retrain_purpose == "operator" and "1 other queued request" in d.events[-1].reason

@@ -84,3 +84,25 @@ def test_step_stats_count_traffic_errors_and_labels_per_version():
     st = tr.step_stats(since=50.0)
     assert (st["v0001"].served, st["v0001"].labeled, st["v0001"].correct) == (50, 50, 50)
     assert (st["v0002"].served, st["v0002"].errors, st["v0002"].labeled, st["v0002"].correct) == (50, 5, 50, 30)
+
+
+def test_latency_counts_once_per_request_and_retried_canary_calls_spend_no_budget():
+    import pandas as pd
+
+    from lifelong_ray.config import parse_config
+    from lifelong_ray.control.windows import WindowTracker
+
+    cfg = parse_config({"model": {"name": "m", "features": [{"name": "x"}], "label": {"name": "y", "classes": [0, 1]}}})
+    tr = WindowTracker(cfg, reference_for=lambda v: None)
+    # one request of 10 instances failed on the canary and was answered by the champion; 30 plain requests
+    rows = [dict(request_id=f"r{i}", t=1.0, version="v2", error="injected_abort", latency_ms=900.0, x=0.0)
+            for i in range(10)]
+    rows += [dict(request_id=f"r{i}", t=1.0, version="v1", error=None, latency_ms=30.0, x=0.0) for i in range(10)]
+    rows += [dict(request_id=f"q{i}", t=2.0 + i, version="v1", error=None, latency_ms=10.0 + i, x=0.0)
+             for i in range(30)]
+    tr.add_served(pd.DataFrame(rows))
+    st = tr.step_stats(0.0)
+    assert st["v2"].errors == 10 and st["v2"].latency_samples == 1  # ten rows, one request
+    assert st["v1"].latency_samples == 31
+    errors = tr.budget(40.0).slis["error_rate"]
+    assert errors.bad == 0 and errors.total == 40  # the retried call is not a failure a client saw

@@ -382,6 +382,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = "the model's config (default: ask its running controller)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="Keep production models current on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -411,12 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     ig = sub.add_parser("ingest", help="append a labeled parquet/CSV batch to a model's labeled log")
     ig.add_argument("model")
     ig.add_argument("file")
-    ig.add_argument("--config", help="the model's config (default: ask its running controller)")
+    ig.add_argument("--config", help=CONFIG_HELP)
     ig.add_argument("--label", help="label column (default: the config's label name)")
     ig.set_defaults(func=cmd_ingest)
     qa = sub.add_parser("quarantine", help="list quarantined rows (MODEL) or release an entry (release MODEL ID)")
     qa.add_argument("words", nargs="+", metavar="MODEL | release MODEL ID")
-    qa.add_argument("--config", help="the model's config (default: ask its running controller)")
+    qa.add_argument("--config", help=CONFIG_HELP)
     qa.add_argument("--why", help="release: the review's conclusion (recorded in the audit log)")
     qa.add_argument("--who", help="release: who reviewed it (default: the current user)")
     qa.add_argument("--json", action="store_true")
@@ -436,12 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
             op.add_argument("version", nargs="?", help="the candidate waiting for approval (default: whichever)")
         op.add_argument("--why", required=True, help="the reason, recorded in the audit log")
         op.add_argument("--who", help="who is acting (default: the current user)")
-        op.add_argument("--config", help="the model's config (default: ask its running controller)")
+        op.add_argument("--config", help=CONFIG_HELP)
         op.set_defaults(func=cmd_operator, command=name)
     lr = sub.add_parser("label-requests", help="served request ids whose labels would help most")
     lr.add_argument("model")
     lr.add_argument("--budget", type=int, default=20)
-    lr.add_argument("--config", help="the model's config (default: ask its running controller)")
+    lr.add_argument("--config", help=CONFIG_HELP)
     lr.add_argument("--json", action="store_true")
     lr.set_defaults(func=cmd_label_requests)
     st = sub.add_parser("status", help="versions, weights, stage, drift")

@@ -125,6 +125,9 @@ def test_drift_retrain_canary_survives_controller_kill_and_promotes_once(app):
     _until(lambda: any(k == "canary_started" for k, _ in _kinds(storage)), 240, "canary_started",
            driver, pump.step)
     # Kill the controller mid-canary; Ray restarts it (max_restarts=-1) from its persisted state.
+    # The tick appends its events before it saves its state: wait for the save, not just the event.
+    _until(lambda: getattr(load_state(storage, "loop"), "rollout", None) is not None
+           and load_state(storage, "loop").rollout.value == "canary", 15, "the canary in the saved state")
     before = load_state(storage, "loop")
     assert before.rollout.value == "canary" and before.candidate == "v0002"
     ray.kill(get_controller("loop"), no_restart=False)

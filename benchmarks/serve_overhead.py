@@ -6,10 +6,13 @@ same load:
 
 * ``router`` -- the real lifelong serving path, as in production: the ``lifelong``
   ingress (:func:`lifelong_ray.serving.deploy.deploy_ingress`, route ``/``) with two
-  registered versions, each its own Serve app (:func:`~lifelong_ray.serving.deploy.deploy_version`),
-  at a weighted routing table (90/10 by default), so every request pays for request
-  validation, the routing decision, a handle call to the chosen version's replica and
-  the durable parquet prediction log (group commit) written before the answer.
+  registered versions at a weighted routing table (90/10 by default), so every request
+  pays for request validation, the routing decision, the call of the chosen version
+  and the durable parquet prediction log (group commit) written before the answer.
+  ``--placement`` sets ``serving.version_placement``: ``ingress`` (the default here:
+  both versions loaded in the ingress replica and called in-line, the placement for a
+  small CPU model like this one) or ``deployment`` (each version its own Serve app,
+  :func:`~lifelong_ray.serving.deploy.deploy_version`, one handle hop per request).
 * ``plain`` -- one Serve deployment (FastAPI ingress, route ``/plain``) that loads
   the champion version from the same registry (:class:`~lifelong_ray.registry.LoadedModel`)
   and does the same model work in its own replica: parse the same ``PredictRequest``
@@ -119,6 +122,7 @@ class Settings:
     canary_percent: float = 10.0
     breakdown: bool = False
     seed: int = 0
+    placement: str = "ingress"
 
     def sides(self) -> list[str]:
         return [PLAIN, ROUTER] + ([PLAIN_LOG] if self.breakdown else [])
@@ -268,6 +272,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     ap.add_argument("--canary-percent", type=float, default=d.canary_percent,
                     help="share of v0002 in the routing table (v0001 gets the rest)")
     ap.add_argument("--breakdown", action="store_true", help="also measure plain + the durable log write")
+    ap.add_argument("--placement", choices=("ingress", "deployment"), default=d.placement,
+                    help="serving.version_placement of the router side: 'ingress' (versions loaded in the "
+                         "ingress replica; the recommended placement for a small CPU model such as the demo's) "
+                         "or 'deployment' (each version its own Serve app, one handle hop per request)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--quick", action="store_true",
                     help=f"a short run: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
@@ -276,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     sizes = dict(QUICK) if a.quick else {}
     sizes.update({k: getattr(a, k) for k in QUICK if getattr(a, k) is not None})
     s = Settings(**sizes, concurrency=a.concurrency, instances=a.instances, canary_percent=a.canary_percent,
-                 breakdown=a.breakdown, seed=a.seed)
+                 breakdown=a.breakdown, seed=a.seed, placement=a.placement)
     for name in ("rounds", "latency_requests", "throughput_requests", "concurrency", "instances"):
         if getattr(s, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(s, name)})")
@@ -581,7 +589,7 @@ def run_benchmark(cfg: Config, s: Settings, port: int | None = None, say: Any = 
     import ray
 
     store = tempfile.mkdtemp(prefix="serve-overhead-")
-    cfg = cfg.with_overrides(storage={"root": store})
+    cfg = cfg.with_overrides(storage={"root": store}, serving={"version_placement": s.placement})
     stream = abrupt_concept_drift(2 * TRAIN_ROWS + 64 * s.instances, drift_at=TRAIN_ROWS, seed=s.seed)
     try:
         say("training and registering two versions")
@@ -631,7 +639,7 @@ def print_tables(r: dict[str, Any]) -> None:
 
     console = Console() if sys.stdout.isatty() else Console(width=132)
     s = r["settings"]
-    console.print(f"Serve overhead: router (ingress + {len(r['versions'])} versions at "
+    console.print(f"Serve overhead: router (ingress + {len(r['versions'])} versions, placement {s['placement']}, at "
                   f"{', '.join(f'{v} {w:g}%' for v, w in r['weights'].items())}) vs a plain one-deployment app; "
                   f"{s['instances']} instances per request, {s['rounds']} rounds of {s['latency_requests']} sequential + "
                   f"{s['throughput_requests']} requests at concurrency {s['concurrency']}; medians across rounds")

@@ -1,15 +1,21 @@
 """The ``lifelong`` command (also ``python -m lifelong_ray``).
 
     lifelong demo [--report-dir DIR] [--seed S] [--samples N]
-    lifelong up CONFIG [--port P]        # Serve app + controller on the current Ray
+    lifelong up CONFIG [--port P] [--host H] [--dashboard-host H]  # Serve app + controller on the current Ray
     lifelong down [--stop-ray]
     lifelong ingest MODEL FILE [--config C]  # labeled batch -> labeled log (seeds the first version)
     lifelong quarantine MODEL [--config C] [--json]                 # quarantined rows, counts by reason
     lifelong quarantine release MODEL ID --why TEXT [--who NAME]    # release after review (audit log)
     lifelong compact CONFIG [--json]     # feed the replay reservoir, expire and compact old log partitions
-    lifelong status [MODEL] [--json]
-    lifelong history MODEL [--json] [--kind K]
+    lifelong status [MODEL] [--json] [--config C]
+    lifelong history MODEL [--json] [--kind K] [--since T] [--limit N] [--config C]
     lifelong simulate --kind KIND --out FILE [--n N] [--seed S] [--noise P] [--drift-at N,M]
+
+Exit codes: 0 success; 1 a runtime failure (no Ray, no lifelong app, a controller
+that does not answer); 2 a usage error (bad arguments, an invalid config); 3 a
+refused data action (a batch quarantined, a release not allowed). Expected errors
+print one line saying what to do next, never a traceback (``LIFELONG_DEBUG=1``
+shows the traceback of an unexpected one).
 """
 
 from __future__ import annotations
@@ -17,15 +23,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Any
 
-from lifelong_ray.config import ConfigError, load_config
+from lifelong_ray.config import Config, ConfigError, load_config
 from lifelong_ray.events import EventKind
 
 NO_APP = "no lifelong app running on this Ray: run `lifelong up CONFIG`"
+
+
+class CliError(Exception):
+    """An expected failure: ``main`` prints its message (what to do next) and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+EXIT_RUNTIME, EXIT_USAGE = 1, 2
+#: the ports `lifelong up` binds when it starts Ray itself: loopback unless told otherwise
+LOOPBACK = "127.0.0.1"
+DEFAULT_DASHBOARD_PORT = 8265
 
 
 def _ray_cli() -> str:
@@ -34,24 +55,59 @@ def _ray_cli() -> str:
     return here if os.path.exists(here) else "ray"
 
 
-def _connect(start_if_missing: bool = False) -> None:
+def ray_start_command(*, num_cpus: int, dashboard_host: str = LOOPBACK,
+                      dashboard_port: int = DEFAULT_DASHBOARD_PORT, include_dashboard: bool = True,
+                      extra: list[str] | None = None) -> list[str]:
+    """The ``ray start --head`` command line `lifelong up` runs when no Ray is found.
+
+    The dashboard (and with it the job-submission API that ``ray job submit`` talks
+    to) listens on ``dashboard_host``: loopback by default, so nothing off this
+    machine can submit jobs unless an operator opts in.
+
+    >>> cmd = ray_start_command(num_cpus=4)
+    >>> cmd[cmd.index("--dashboard-host") + 1], cmd[cmd.index("--include-dashboard") + 1]
+    ('127.0.0.1', 'true')
+    """
+    return [_ray_cli(), "start", "--head", "--num-cpus", str(num_cpus),
+            "--include-dashboard", "true" if include_dashboard else "false",
+            "--dashboard-host", dashboard_host, "--dashboard-port", str(dashboard_port),
+            "--disable-usage-stats", *(extra or [])]
+
+
+def _no_ray_message() -> str:
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        return ("no Ray cluster found on this machine: run `lifelong up CONFIG` (it starts one), "
+                "`ray start --head`, or set RAY_ADDRESS")
+    hint = "" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else (
+        "; if that cluster uses Ray token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+        "(or RAY_AUTH_TOKEN_PATH): an explicit address never turns it on by itself (docs/runbook.md)")
+    return f"no Ray cluster answered at RAY_ADDRESS={address}: check the address and that it is running{hint}"
+
+
+def _connect(start_if_missing: bool = False, dashboard_host: str = LOOPBACK,
+             dashboard_port: int = DEFAULT_DASHBOARD_PORT, include_dashboard: bool = True) -> bool:
     """Join RAY_ADDRESS, or the local head; optionally start a local head that
-    outlives this command (dashboard bound to loopback)."""
+    outlives this command (dashboard bound to ``dashboard_host``). True if it started one."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), namespace="lifelong",
                  log_to_driver=False, configure_logging=False)
-        return
+        return False
     except ConnectionError:
         if not start_if_missing or os.environ.get("RAY_ADDRESS"):
-            raise SystemExit("no Ray cluster found: start one with `ray start --head` or set RAY_ADDRESS")
-    cpus = str(max(4, os.cpu_count() or 1))
-    subprocess.run([_ray_cli(), "start", "--head", "--num-cpus", cpus, "--dashboard-host", "127.0.0.1",
-                    "--include-dashboard", "false", "--disable-usage-stats"], check=True,
-                   env={**os.environ, "RAY_TRAIN_V2_ENABLED": "1"})
+            raise CliError(_no_ray_message()) from None
+    cpus = max(4, os.cpu_count() or 1)
+    done = subprocess.run(ray_start_command(num_cpus=cpus, dashboard_host=dashboard_host,
+                                            dashboard_port=dashboard_port, include_dashboard=include_dashboard),
+                          env={**os.environ, "RAY_TRAIN_V2_ENABLED": "1"}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CliError(f"`ray start --head` failed (exit {done.returncode}): "
+                       f"{(done.stderr or done.stdout).strip()[-800:]}")
     ray.init(address="auto", namespace="lifelong", log_to_driver=False, configure_logging=False)
+    return True
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -73,12 +129,13 @@ def _config_of(model: str, config: str | None):
     if config:
         cfg = load_config(config)
         if cfg.model.name != model:
-            raise SystemExit(f"{config} configures model {cfg.model.name!r}, not {model!r}")
+            raise CliError(f"{config} configures model {cfg.model.name!r}, not {model!r}", EXIT_USAGE)
         return cfg
     _connect()
     ctrls = _controllers()
     if model not in ctrls:
-        raise SystemExit(NO_APP if not ctrls else f"model {model!r} is not served here; pass --config")
+        raise CliError(NO_APP if not ctrls else f"model {model!r} is not served here (served: {sorted(ctrls)});"
+                       f" pass --config")
     return parse_config(ray.get(ctrls[model].config.remote(), timeout=30))
 
 
@@ -164,7 +221,12 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    """Start (or update) the model's Serve app and controller; return once deployed."""
     from ray import serve
 
     from lifelong_ray.control.actor import start_controller
@@ -172,14 +234,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lifelong_ray.serving.deploy import deploy_ingress
 
     cfg = resolve_storage(load_config(args.config))
+    serving: dict[str, Any] = {}
     if args.port:
-        cfg = cfg.with_overrides(serving={"port": args.port})
-    _connect(start_if_missing=True)
+        serving["port"] = args.port
+    if args.host:
+        serving["host"] = args.host
+    if serving:
+        cfg = cfg.with_overrides(serving=serving)
+    started = _connect(start_if_missing=True, dashboard_host=args.dashboard_host,
+                       dashboard_port=args.dashboard_port, include_dashboard=not args.no_dashboard)
+    if not started and args.dashboard_host != LOOPBACK:
+        print("note: Ray was already running, so --dashboard-host does not apply; the dashboard keeps the host"
+              " it was started with", file=sys.stderr)
+    if not _is_loopback(cfg.serving.host):
+        print(f"warning: Serve listens on {cfg.serving.host}: predictions and feedback are open to that network;"
+              f" admin endpoints still need the bearer token in ${cfg.serving.admin_token_env}", file=sys.stderr)
     serve.start(http_options={"host": cfg.serving.host, "port": cfg.serving.port})
     deploy_ingress([cfg])
     start_controller(cfg)
     print(f"lifelong up: model {cfg.model.name} at http://{cfg.serving.host}:{cfg.serving.port}"
           f"/v1/models/{cfg.model.name}; storage {cfg.storage.root}")
+    if started and not args.no_dashboard:
+        print(f"Ray started here; dashboard and job API at http://{args.dashboard_host}:{args.dashboard_port}"
+              f" (`lifelong down --stop-ray` stops it)")
     return 0
 
 
@@ -267,63 +344,268 @@ def cmd_label_requests(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+# -- status and history: documents built from storage (no Ray needed), then rendered ------
+
+#: version of the ``lifelong status --json`` document; bumped only on an incompatible change
+STATUS_FORMAT = 1
+#: how many of the latest audit events ``status`` shows as "last decisions"
+LAST_DECISIONS = 5
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``--since``: an ISO-8601 time (UTC when it has no offset) or a span back from
+    ``now`` such as ``90s``, ``30m``, ``1h``, ``2d``, ``1h30m``; returns epoch seconds.
+
+    >>> parse_since("30m", now=10_000.0), parse_since("1h30m", now=10_000.0)
+    (8200.0, 4600.0)
+    >>> parse_since("1970-01-01T01:00:00Z", now=0.0), parse_since("1970-01-01T01:00:00", now=0.0)
+    (3600.0, 3600.0)
+    """
+    from datetime import datetime, timezone
+
+    t = text.strip()
+    if t and _DURATION.sub("", t).strip() == "" and _DURATION.search(t):
+        return now - sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in _DURATION.findall(t))
+    try:
+        when = datetime.fromisoformat(t)
+    except ValueError:
+        raise ValueError(f"--since {text!r} is neither a span like 30m, 1h, 2d, 1h30m nor an ISO-8601 time"
+                         " like 2026-01-31T12:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def event_kinds(text: str) -> list[EventKind]:
+    """An argparse type for ``--kind``: one kind or a comma-separated list, checked
+    against :class:`EventKind` with every valid kind listed on a mistake."""
+    out = []
+    for word in (w.strip() for w in text.split(",")):
+        try:
+            out.append(EventKind(word))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"unknown event kind {word!r}; valid kinds: {', '.join(k.value for k in EventKind)}") from None
+    return out
+
+
+def _iso(t: float | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _event_doc(e: Any) -> dict[str, Any]:
+    return {"t": e.t, "time": _iso(e.t), "kind": e.kind.value, "model": e.model, "version": e.version,
+            "reason": e.reason, "data": e.data}
+
+
+def _versions(storage: Any, model: str, state: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """Every committed version with its role and weight (newest last)."""
+    from lifelong_ray.registry.store import Registry
+
+    weights = state.get("weights") or {}
+    roles = {state.get("champion"): "champion", state.get("candidate"): "candidate",
+             state.get("previous_champion"): "previous"}
+    out = []
+    try:
+        reg = Registry(storage, model)
+        names = reg.list_versions()
+    except Exception as err:  # noqa: BLE001 - status answers even with a broken registry
+        return [], f"{type(err).__name__}: {err}"
+    for v in names:
+        item: dict[str, Any] = {"version": v, "weight": float(weights.get(v, 0.0)),
+                                "role": roles.get(v) or ("retiring" if v in (state.get("retiring") or {}) else None),
+                                "created_at": None, "job_id": None, "kind": None, "holdout_accuracy": None}
+        try:
+            md = reg.metadata(v)
+            item.update(created_at=md.get("created_at"), job_id=md.get("job_id"), kind=md.get("kind"),
+                        holdout_accuracy=(md.get("metrics") or {}).get("holdout_accuracy"))
+        except Exception as err:  # noqa: BLE001
+            item["error"] = f"metadata unreadable: {err}"
+        out.append(item)
+    return out, None
+
+
+def status_document(cfg: Config, state: dict[str, Any] | None, *, live: dict[str, Any] | None = None,
+                    last: int = LAST_DECISIONS) -> dict[str, Any]:
+    """The status of one model, as ``lifelong status --json`` prints it (one entry of
+    ``models``). Built from storage: the controller state (``state``; None before the
+    controller first saved one), the registry and the audit log; ``live`` adds the
+    running controller's counters. Keys are documented in docs/runbook.md and only
+    ever added, never renamed."""
+    from lifelong_ray.events import AuditLog
+    from lifelong_ray.storage import Storage
+
+    storage = Storage(cfg.storage.root)
+    model = cfg.model.name
+    st = dict(state or {})
+    versions, registry_error = _versions(storage, model, st)
+    events = AuditLog(storage, model).read()
+    history = st.get("retrain_history") or []
+    q = cfg.quota
+    budget = st.get("budget") or {}
+    doc: dict[str, Any] = {
+        "model": model,
+        "champion": st.get("champion"),
+        "candidate": st.get("candidate"),
+        "stage": st.get("rollout", "stable"),
+        "approval_for": st.get("approval_for"),
+        "paused": bool(st.get("paused", False)),
+        "weights": {v: float(w) for v, w in sorted((st.get("weights") or {}).items())},
+        "versions": versions,
+        "retrain": {"stage": st.get("retrain", "idle"), "job_id": st.get("retrain_job_id"),
+                    "kind": st.get("retrain_kind"), "purpose": st.get("retrain_purpose"),
+                    "reason": st.get("retrain_reason") or None,
+                    "deferred_reason": (st.get("retrain_deferred_reason") or "").split("|")[-1] or None,
+                    "queue": [{"kind": r.get("kind"), "reason": r.get("reason"), "urgent": r.get("urgent")}
+                              for r in st.get("retrain_queue") or []]},
+        "drift": {"feature": st.get("last_feature_drift"), "quality": st.get("last_quality")},
+        "budget": {"frozen": bool(st.get("budget_frozen", False)),
+                   "reason": st.get("budget_reason") or budget.get("reason"),
+                   "exhausted": budget.get("exhausted"), "slis": budget.get("slis", {})},
+        "quota": {"retrains_24h": len(history),
+                  "cpu_seconds_24h": round(sum(r.get("cpu_seconds", 0.0) for r in history), 3),
+                  "gpu_seconds_24h": round(sum(r.get("gpu_seconds", 0.0) for r in history), 3),
+                  "max_retrains_per_hour": q.max_retrains_per_hour,
+                  "max_concurrent_retrains": q.max_concurrent_retrains,
+                  "cpu_seconds_per_day": q.cpu_seconds_per_day, "gpu_seconds_per_day": q.gpu_seconds_per_day,
+                  "allowed_hours": q.allowed_hours},
+        "last_decisions": [_event_doc(e) for e in events[-last:]] if last > 0 else [],
+        "controller": {"source": "live" if live is not None else ("storage" if state is not None else "none"),
+                       "seq": st.get("seq", 0), "last_tick_t": st.get("last_tick_t"),
+                       "last_tick_time": _iso(st.get("last_tick_t")),
+                       "ticks": (live or {}).get("ticks"), "tick_errors": (live or {}).get("tick_errors"),
+                       "restored": (live or {}).get("restored")},
+        "storage": cfg.storage.root,
+    }
+    if registry_error:
+        doc["registry_error"] = registry_error
+    return doc
+
+
+def status_payload(docs: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """The whole ``lifelong status --json`` document."""
+    return {"format": STATUS_FORMAT, "generated_at": now, "generated_time": _iso(now), "models": docs}
+
+
+def status_table(docs: list[dict[str, Any]]) -> Any:
+    """One row per model: versions and weights, stage, drift, budget, quota, last decisions."""
+    from rich.table import Table
+
+    table = Table(title="lifelong status", show_lines=True)
+    for col in ("model", "versions (weight)", "stage", "retrain", "drift", "budget", "quota", "last decisions"):
+        table.add_column(col, overflow="fold")
+    for d in docs:
+        versions = "\n".join(f"{v['version']} {v['weight']:g}%" + (f" {v['role']}" if v["role"] else "")
+                             + (f" acc {v['holdout_accuracy']:.3f}" if v["holdout_accuracy"] is not None else "")
+                             for v in d["versions"] if v["weight"] > 0 or v["role"]) or "no version yet"
+        stage = d["stage"] + (f" ({d['approval_for']})" if d["approval_for"] else "") + \
+            (f"\ncandidate {d['candidate']}" if d["candidate"] else "") + ("\nPAUSED" if d["paused"] else "")
+        r = d["retrain"]
+        retrain = r["stage"] + (f" {r['job_id']}" if r["stage"] != "idle" and r["job_id"] else "") + \
+            (f"\n{r['deferred_reason']}" if r["deferred_reason"] else "")
+        drift = "\n".join(f"{k}: {v.get('reason', '-')}" for k, v in d["drift"].items() if v) or "not measured yet"
+        b = d["budget"]
+        budget = ("FROZEN: " if b["frozen"] else "") + (b["reason"] or "not measured yet")
+        q = d["quota"]
+        quota = f"{q['retrains_24h']} retrains in 24h (max {q['max_retrains_per_hour']}/h)" + \
+            (f"\ncpu {q['cpu_seconds_24h']:g}/{q['cpu_seconds_per_day']:g}s" if q["cpu_seconds_per_day"] else "") + \
+            (f"\nqueued: {', '.join(x['kind'] for x in r['queue'])}" if r["queue"] else "")
+        last = "\n".join(f"{(e['time'] or '')[11:19]} {e['kind']}: {e['reason']}"
+                         for e in reversed(d["last_decisions"])) or "-"
+        table.add_row(d["model"], versions, stage, retrain, drift, budget, quota, last)
+    return table
+
+
+def history_table(model: str, events: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"history of {model} ({len(events)} events)")
+    for col in ("time (UTC)", "kind", "version", "reason"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(e["time"], e["kind"], e["version"] or "-", e["reason"])
+    return table
+
+
+def _print(renderable: Any) -> None:
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 200).print(renderable)
+
+
+def _sources(model: str | None, config: str | None) -> list[tuple[Config, dict[str, Any] | None, dict[str, Any] | None]]:
+    """(config, saved state, live counters) per model: from --config and storage (no
+    Ray), else from the controllers running on this Ray."""
     import ray
 
+    from lifelong_ray.config import parse_config
+    from lifelong_ray.control.controller import load_state, resolve_storage
+    from lifelong_ray.storage import Storage
+
+    if config:
+        cfg = resolve_storage(load_config(config))
+        if model and cfg.model.name != model:
+            raise CliError(f"{config} configures model {cfg.model.name!r}, not {model!r}", EXIT_USAGE)
+        state = load_state(Storage(cfg.storage.root), cfg.model.name)
+        return [(cfg, state.model_dump(mode="json") if state else None, None)]
     _connect()
     ctrls = _controllers()
     if not ctrls:
-        print(NO_APP, file=sys.stderr)
-        return 2
-    if args.model and args.model not in ctrls:
-        print(f"model {args.model!r} is not served here; served: {sorted(ctrls)}", file=sys.stderr)
-        return 2
-    states = {m: ray.get(h.status.remote(), timeout=30) for m, h in ctrls.items()
-              if not args.model or m == args.model}
-    if args.json:
-        print(json.dumps(states, indent=1, sort_keys=True))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+        raise CliError(NO_APP)
+    if model and model not in ctrls:
+        raise CliError(f"model {model!r} is not served here; served: {sorted(ctrls)} (or pass --config to read"
+                       f" its storage)")
+    out = []
+    for m, h in sorted(ctrls.items()):
+        if model and m != model:
+            continue
+        try:
+            live = ray.get(h.status.remote(), timeout=30)
+            cfg = parse_config(ray.get(h.config.remote(), timeout=30))
+        except ray.exceptions.GetTimeoutError:
+            raise CliError(f"the controller of {m} did not answer in 30 s: check `ray status` and its log"
+                           f" (`ray logs actor --id <id>`), or read storage with --config") from None
+        counters = {k: live.pop(k, None) for k in ("ticks", "tick_errors", "restored")}
+        out.append((cfg, live, counters))
+    return out
 
-    table = Table(title="lifelong status")
-    for col in ("model", "champion", "weights", "rollout", "retrain", "paused", "budget", "quota",
-                "last drift", "last quality"):
-        table.add_column(col, overflow="fold")
-    for m, st in states.items():
-        weights = " ".join(f"{v}:{w:g}%" for v, w in sorted(st["weights"].items()))
-        rollout = st["rollout"] + (f" ({st['approval_for']})" if st.get("approval_for") else "")
-        budget = st.get("budget") or {}
-        budget_txt = ("FROZEN: " if st.get("budget_frozen") else "") + budget.get("reason", "not measured yet")
-        queue = [r["kind"] for r in st.get("retrain_queue", [])]
-        quota = f"{len(st.get('retrain_history', []))} retrains in 24h" + (f"; queued {queue}" if queue else "") + \
-            (f"; {st['retrain_deferred_reason'].split('|')[-1]}" if st.get("retrain_deferred_reason") else "")
-        table.add_row(m, str(st["champion"]), weights, rollout, st["retrain"], str(st["paused"]), budget_txt, quota,
-                      (st.get("last_feature_drift") or {}).get("reason", "-"),
-                      (st.get("last_quality") or {}).get("reason", "-"))
-    Console().print(table)
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    docs = [status_document(cfg, state, live=live) for cfg, state, live in _sources(args.model, args.config)]
+    if args.json:
+        print(json.dumps(status_payload(docs, time.time()), indent=1, sort_keys=True))
+    else:
+        _print(status_table(docs))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    import ray
+    import time
 
     from lifelong_ray.events import AuditLog
     from lifelong_ray.storage import Storage
 
-    _connect()
-    ctrls = _controllers()
-    if args.model not in ctrls:
-        print(NO_APP if not ctrls else f"model {args.model!r} is not served here", file=sys.stderr)
-        return 2
-    cfg = ray.get(ctrls[args.model].config.remote(), timeout=30)
-    kinds = {EventKind(k) for k in args.kind} if args.kind else None
-    events = AuditLog(Storage(cfg["storage"]["root"]), args.model).read(kinds=kinds)
+    try:
+        since = parse_since(args.since, time.time()) if args.since else None
+    except ValueError as err:
+        raise CliError(str(err), EXIT_USAGE) from None
+    (cfg, _, _), = _sources(args.model, args.config)
+    kinds = {k for group in args.kind for k in group} if args.kind else None
+    events = AuditLog(Storage(cfg.storage.root), args.model).read(kinds=kinds, since=since)
+    if args.limit:
+        events = events[-args.limit:]
+    docs = [_event_doc(e) for e in events]
     if args.json:
-        print(json.dumps([e.to_json() for e in events], indent=1))
+        print(json.dumps(docs, indent=1))
     else:
-        for e in events:
-            print(f"{e.t:.3f}  {e.kind.value:<22} {e.version or '-':<7} {e.reason}")
+        _print(history_table(args.model, docs))
     return 0
 
 
@@ -404,12 +686,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bootstrap", type=int, default=2000, help="labeled history rows before traffic")
     b.add_argument("--report-dir", default="runs/backtest")
     b.set_defaults(func=cmd_backtest)
-    u = sub.add_parser("up", help="start the Serve app and controller on the current Ray")
+    u = sub.add_parser("up", help="start the Serve app and controller on the current Ray (or start a local Ray)")
     u.add_argument("config")
-    u.add_argument("--port", type=int, default=None)
+    u.add_argument("--port", type=int, default=None, help="Serve HTTP port (default: the config's serving.port)")
+    u.add_argument("--host", default=None, help="Serve HTTP host (default: the config's serving.host, 127.0.0.1)")
+    u.add_argument("--dashboard-host", default=LOOPBACK,
+                   help="when `up` starts Ray: the host of its dashboard and job API (default 127.0.0.1; "
+                        "0.0.0.0 opens it to the network: enable Ray token auth first, see docs/runbook.md)")
+    u.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    u.add_argument("--no-dashboard", action="store_true",
+                   help="when `up` starts Ray: no dashboard (and no `ray job submit`)")
     u.set_defaults(func=cmd_up)
     dn = sub.add_parser("down", help="stop the Serve app and controllers")
-    dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head")
+    dn.add_argument("--stop-ray", action="store_true",
+                    help="also run `ray stop` (stops every Ray started on this machine by this user)")
     dn.set_defaults(func=cmd_down)
     ig = sub.add_parser("ingest", help="append a labeled parquet/CSV batch to a model's labeled log")
     ig.add_argument("model")
@@ -447,14 +737,19 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--config", help=CONFIG_HELP)
     lr.add_argument("--json", action="store_true")
     lr.set_defaults(func=cmd_label_requests)
-    st = sub.add_parser("status", help="versions, weights, stage, drift")
+    st = sub.add_parser("status", help="versions, weights, stage, drift, budget, quota, last decisions")
     st.add_argument("model", nargs="?")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="the machine-readable document (keys: docs/runbook.md)")
+    st.add_argument("--config", help="read the model's storage instead of asking its running controller (no Ray)")
     st.set_defaults(func=cmd_status)
     h = sub.add_parser("history", help="the audit log of a model")
     h.add_argument("model")
     h.add_argument("--json", action="store_true")
-    h.add_argument("--kind", action="append", choices=[k.value for k in EventKind])
+    h.add_argument("--kind", action="append", type=event_kinds, metavar="K[,K...]",
+                   help="only these event kinds (repeatable)")
+    h.add_argument("--since", metavar="T", help="ISO-8601 time (UTC if no offset) or a span back: 30m, 1h, 2d")
+    h.add_argument("--limit", type=int, default=None, help="only the newest N events")
+    h.add_argument("--config", help="read the model's storage instead of asking its running controller (no Ray)")
     h.set_defaults(func=cmd_history)
     from lifelong_ray.sim.simulate import DEFAULT_N
     from lifelong_ray.sim.streams import GENERATORS
@@ -477,12 +772,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; expected errors print one line and give exit code 1 or 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except CliError as err:
+        print(f"lifelong {args.command}: {err}", file=sys.stderr)
+        return err.code
     except ConfigError as err:
         print(str(err), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - an operator gets one line, not a traceback
+        if os.environ.get("LIFELONG_DEBUG"):
+            raise
+        print(f"lifelong {args.command}: {type(err).__name__}: {err} (set LIFELONG_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

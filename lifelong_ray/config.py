@@ -37,12 +37,13 @@ class _Frozen(BaseModel):
 class FeatureSpec(_Frozen):
     """One input column: numeric (``float``/``int``) or ``category``."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    dtype: Literal["float", "int", "category"] = "float"
-    min: float | None = None
-    max: float | None = None
-    categories: list[str] | None = None
-    nullable: bool = False
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                      description="column name in requests, logs and training data")
+    dtype: Literal["float", "int", "category"] = Field(default="float", description="value type of the column")
+    min: float | None = Field(default=None, description="numeric: smallest valid value (smaller ones are refused)")
+    max: float | None = Field(default=None, description="numeric: largest valid value (larger ones are refused)")
+    categories: list[str] | None = Field(default=None, description="category: the allowed values (required)")
+    nullable: bool = Field(default=False, description="a missing value (null) is valid")
 
     @model_validator(mode="after")
     def _check(self) -> "FeatureSpec":
@@ -61,8 +62,8 @@ class FeatureSpec(_Frozen):
 class LabelSpec(_Frozen):
     """The label column; classification labels are integer class ids."""
 
-    name: str = Field(min_length=1)
-    classes: list[int] = Field(min_length=2)
+    name: str = Field(min_length=1, description="label column name in feedback and labeled batches")
+    classes: list[int] = Field(min_length=2, description="the integer class ids, all distinct")
 
     @field_validator("classes")
     @classmethod
@@ -73,10 +74,11 @@ class LabelSpec(_Frozen):
 
 
 class ModelSpec(_Frozen):
-    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    task: Literal["classification"] = "classification"
-    features: list[FeatureSpec] = Field(min_length=1)
-    label: LabelSpec
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                      description="model name: URL path, storage prefix and controller name")
+    task: Literal["classification"] = Field(default="classification", description="learning task")
+    features: list[FeatureSpec] = Field(min_length=1, description="the input columns (data contract)")
+    label: LabelSpec = Field(description="the label column")
 
     @field_validator("features")
     @classmethod
@@ -91,26 +93,108 @@ class ModelSpec(_Frozen):
 class EstimatorConfig(_Frozen):
     """Built-in torch estimator and its hyper-parameters."""
 
-    kind: Literal["logistic", "mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [32, 16])
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=0.01, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    kind: Literal["logistic", "mlp"] = Field(default="mlp", description="logistic regression or multi-layer perceptron")
+    hidden: list[int] = Field(default_factory=lambda: [32, 16], description="mlp: units per hidden layer")
+    epochs: int = Field(default=30, ge=1, description="passes over the training window per retrain")
+    batch_size: int = Field(default=64, ge=1, description="rows per optimizer step (per worker)")
+    lr: float = Field(default=0.01, gt=0, description="learning rate (Adam)")
+    weight_decay: float = Field(default=0.0, ge=0, description="L2 weight decay")
+
+
+#: Estimator hyper-parameters a Tune search space may vary.
+TUNABLE: tuple[str, ...] = ("kind", "hidden", "epochs", "batch_size", "lr", "weight_decay")
+
+
+class TuneParam(_Frozen):
+    """One dimension of the search space, as a Ray Tune distribution written in YAML:
+    ``{dist: loguniform, low: 1e-4, high: 1e-1}``, ``{dist: choice, values: [[16], [32, 16]]}``,
+    ``{dist: randint, low: 5, high: 40}`` (high exclusive), ``{dist: uniform, ...}``,
+    ``{dist: quniform, low, high, q}`` or ``{dist: grid, values: [...]}`` (every value, times
+    ``num_samples``)."""
+
+    dist: Literal["choice", "grid", "uniform", "loguniform", "quniform", "randint", "lograndint"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    q: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "TuneParam":
+        if self.dist in ("choice", "grid"):
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError(f"'{self.dist}' takes a non-empty 'values' list and no 'low'/'high'")
+        else:
+            if self.values is not None or self.low is None or self.high is None:
+                raise ValueError(f"'{self.dist}' takes 'low' and 'high' and no 'values'")
+            if self.low >= self.high:
+                raise ValueError(f"low {self.low:g} must be below high {self.high:g}")
+            if self.dist in ("loguniform", "lograndint") and self.low <= 0:
+                raise ValueError(f"'{self.dist}' needs low > 0")
+        if (self.q is not None) != (self.dist == "quniform"):
+            raise ValueError("'q' is required by, and only allowed with, 'quniform'")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values a sample can take at the extremes (every value for choice/grid)."""
+        if self.values is not None:
+            return list(self.values)
+        lo, hi = self.low, self.high
+        if self.dist in ("randint", "lograndint"):
+            return [int(lo), int(hi) - 1]
+        return [lo, hi]
+
+
+class TuneConfig(_Frozen):
+    """Ray Tune over the estimator's hyper-parameters at each full retrain: ``num_samples``
+    trials on the same training window (a seeded validation split of its train rows), the best
+    trial by ``metric`` becomes the candidate. The gate's holdout is never seen by a trial."""
+
+    enabled: bool = False
+    search_space: dict[str, TuneParam] = Field(
+        default_factory=dict, description=f"estimator key -> distribution; keys among {list(TUNABLE)}")
+    num_samples: int = Field(default=4, ge=1, description="trials (times every grid value)")
+    time_budget_s: float | None = Field(default=300.0, gt=0, description="wall-clock budget of the whole search")
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.9, description="share of the train rows each trial validates on")
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        return "max" if self.metric == "val_accuracy" else "min"
+
+    @model_validator(mode="after")
+    def _space(self) -> "TuneConfig":
+        for key, param in self.search_space.items():
+            if key not in TUNABLE:
+                raise ValueError(f"search_space key {key!r} is not a tunable estimator field {list(TUNABLE)}")
+            if key in ("epochs", "batch_size") and param.dist in ("uniform", "loguniform", "quniform"):
+                raise ValueError(f"search_space.{key} is an integer: use randint, lograndint, choice or grid")
+            for value in param.bounds():
+                try:
+                    EstimatorConfig(**{key: value})
+                except ValidationError as err:
+                    msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"search_space.{key}: value {value!r} is not a valid estimator.{key}: {msg}") \
+                        from None
+        if self.enabled and not self.search_space:
+            raise ValueError("tune.enabled needs a non-empty search_space")
+        return self
 
 
 class TrainingConfig(_Frozen):
     """How and on what a new version is trained."""
 
-    runner: Literal["ray", "local"] = "ray"
-    num_workers: int = Field(default=1, ge=1)
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    use_gpu: bool = False
+    runner: Literal["ray", "local"] = Field(default="ray", description="ray: Ray Train TorchTrainer; local: in-process")
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers per retrain")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs each training worker reserves")
+    use_gpu: bool = Field(default=False, description="train on one GPU per worker")
     window_recent: int = Field(default=2000, ge=10, description="most recent labeled rows")
     window_replay: int = Field(default=200, ge=0, description="sampled older rows (replay)")
     min_rows: int = Field(default=400, ge=10, description="labeled rows needed to train")
-    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
-    seed: int = 0
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9,
+                                    description="share of the recent rows held out for the gate")
+    seed: int = Field(default=0, description="base random seed (each retrain adds its count)")
     mode: Literal["batch", "online", "hybrid"] = Field(
         default="batch",
         description="batch: full retrains on drift; online: a challenger copy of the champion is "
@@ -118,8 +202,8 @@ class TrainingConfig(_Frozen):
                     "hybrid: both")
     online_batch: int = Field(default=200, ge=10, description="fresh labeled rows per incremental step")
     online_window: int = Field(default=400, ge=20, description="newest labeled rows an incremental step uses")
-    online_epochs: int = Field(default=5, ge=1)
-    online_lr: float = Field(default=0.005, gt=0)
+    online_epochs: int = Field(default=5, ge=1, description="passes per incremental step")
+    online_lr: float = Field(default=0.005, gt=0, description="learning rate of incremental steps")
     online_min_gain: float = Field(default=0.02, ge=0, lt=1,
                                    description="holdout accuracy an incremental challenger must gain to be canaried")
     settle_retrains: int = Field(
@@ -130,31 +214,35 @@ class TrainingConfig(_Frozen):
                     "this many per drift (0: off)")
     settle_min_gain: float = Field(default=0.005, ge=0, lt=1,
                                    description="holdout accuracy a settle retrain must gain over the champion")
+    tune: TuneConfig = Field(default_factory=TuneConfig,
+                             description="Ray Tune search at each full retrain (off by default)")
 
 
 class DriftConfig(_Frozen):
     """Feature and performance drift detection."""
 
     window_size: int = Field(default=500, ge=20, description="samples per tumbling window")
-    psi_threshold: float = Field(default=0.2, gt=0)
-    ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
+    psi_threshold: float = Field(default=0.2, gt=0, description="a feature drifts when its PSI exceeds this")
+    ks_pvalue: float = Field(default=0.01, gt=0, lt=1, description="numeric features: KS test significance level")
     ks_min_statistic: float = Field(default=0.1, ge=0, le=1, description="effect size floor")
-    min_drifted_features: int = Field(default=1, ge=1)
-    consecutive_windows: int = Field(default=2, ge=1)
+    min_drifted_features: int = Field(default=1, ge=1, description="drifted features that make a drifted window")
+    consecutive_windows: int = Field(default=2, ge=1, description="drifted windows in a row before drift is declared")
     accuracy_drop: float = Field(default=0.1, gt=0, lt=1, description="labeled accuracy drop vs reference")
     label_window: int = Field(default=200, ge=20, description="labeled rows per quality window")
     sequential: Literal["page_hinkley", "none"] = Field(
         default="page_hinkley", description="sequential test on the champion's labeled error stream")
     ph_delta: float = Field(default=0.05, ge=0, description="Page-Hinkley tolerance (error-rate units)")
     ph_threshold: float = Field(default=30.0, gt=0, description="Page-Hinkley alarm threshold")
-    retrain_on_feature_drift: bool = False
-    cooldown_seconds: float = Field(default=30.0, ge=0)
+    retrain_on_feature_drift: bool = Field(
+        default=False, description="feature drift alone requests a (non-urgent) retrain; false: it is only recorded")
+    cooldown_seconds: float = Field(default=30.0, ge=0, description="least time from a retrain's end to the next")
 
 
 class RolloutConfig(_Frozen):
     """Gate, shadow, canary steps, approvals and probation."""
 
-    gate_margin: float = Field(default=0.02, ge=0, lt=1)
+    gate_margin: float = Field(default=0.02, ge=0, lt=1,
+                               description="the gate passes if holdout accuracy >= the champion's - this")
     forgetting_margin: float = Field(
         default=0.05, ge=0, lt=1,
         description="the gate refuses a candidate whose replay-holdout accuracy is below the "
@@ -175,12 +263,16 @@ class RolloutConfig(_Frozen):
                                   description="late labels a new champion is watched for after promotion (0: off)")
     probation_margin: float = Field(default=0.03, ge=0, lt=1,
                                     description="probation rolls back when realized accuracy < previous - margin")
-    canary_steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
-    min_labeled_per_step: int = Field(default=100, ge=1)
-    min_seconds_per_step: float = Field(default=0.0, ge=0)
-    quality_margin: float = Field(default=0.05, ge=0, lt=1)
-    max_error_rate: float = Field(default=0.05, ge=0, le=1)
-    retire_grace_seconds: float = Field(default=3.0, ge=0)
+    canary_steps: list[int] = Field(default_factory=lambda: [10, 50, 100],
+                                    description="traffic percentages of the canary steps, ending at 100")
+    min_labeled_per_step: int = Field(default=100, ge=1, description="labeled canary rows a step needs for a verdict")
+    min_seconds_per_step: float = Field(default=0.0, ge=0, description="minimum time a canary step runs")
+    quality_margin: float = Field(default=0.05, ge=0, lt=1,
+                                  description="canary or shadow accuracy below the champion's - this fails")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1,
+                                  description="canary or probation request error rate above this fails")
+    retire_grace_seconds: float = Field(default=3.0, ge=0,
+                                        description="a version without traffic is undeployed after this long")
 
     @field_validator("canary_steps")
     @classmethod
@@ -196,9 +288,9 @@ class BurnWindow(_Frozen):
     """A multi-window burn-rate alert: fires when the burn rate over both the long
     and the short window exceeds ``burn_rate`` (Google SRE workbook, ch. 5)."""
 
-    long_seconds: float = Field(gt=0)
-    short_seconds: float = Field(gt=0)
-    burn_rate: float = Field(gt=0)
+    long_seconds: float = Field(gt=0, description="long alert window")
+    short_seconds: float = Field(gt=0, description="short alert window")
+    burn_rate: float = Field(gt=0, description="burn-rate threshold on both windows")
 
     @model_validator(mode="after")
     def _windows(self) -> "BurnWindow":
@@ -213,15 +305,17 @@ class SLOConfig(_Frozen):
 
     min_accuracy: float = Field(default=0.7, ge=0, lt=1,
                                 description="labeled quality objective (below 1: a 100% objective has no budget)")
-    p95_latency_ms: float = Field(default=250.0, gt=0)
+    p95_latency_ms: float = Field(default=250.0, gt=0, description="latency objective: a slower request is a bad event")
     max_error_rate: float = Field(default=0.01, gt=0, le=1, description="error budget: 1 - max_error_rate objective")
     max_label_age_seconds: float = Field(default=3600.0, gt=0, description="data freshness objective")
     objective: float = Field(default=0.99, gt=0, lt=1,
                              description="freshness objective: share of time buckets with traffic whose newest "
                                          "label is younger than max_label_age_seconds (budget: 1 - objective)")
     period_seconds: float = Field(default=30 * 86400.0, gt=0, description="error-budget period")
-    fast: BurnWindow = BurnWindow(long_seconds=3600.0, short_seconds=300.0, burn_rate=14.4)
-    slow: BurnWindow = BurnWindow(long_seconds=6 * 3600.0, short_seconds=1800.0, burn_rate=6.0)
+    fast: BurnWindow = Field(default=BurnWindow(long_seconds=3600.0, short_seconds=300.0, burn_rate=14.4),
+                             description="fast-burn alert (pages): 2% of a 30-day budget in one hour")
+    slow: BurnWindow = Field(default=BurnWindow(long_seconds=6 * 3600.0, short_seconds=1800.0, burn_rate=6.0),
+                             description="slow-burn alert: 5% of a 30-day budget in six hours")
     freeze_when_exhausted: bool = Field(default=True,
                                         description="spent budget freezes non-urgent rollouts (budget_frozen)")
 
@@ -229,8 +323,8 @@ class SLOConfig(_Frozen):
 class QuotaConfig(_Frozen):
     """Compute quotas for retraining; a blocked retrain waits in an impact-ordered queue."""
 
-    max_concurrent_retrains: int = Field(default=1, ge=1)
-    max_retrains_per_hour: int = Field(default=6, ge=0)
+    max_concurrent_retrains: int = Field(default=1, ge=1, description="retrain jobs running at once")
+    max_retrains_per_hour: int = Field(default=6, ge=0, description="full retrains started per rolling hour")
     cpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training CPU-seconds per 24 h")
     gpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training GPU-seconds per 24 h")
     allowed_hours: list[int] | None = Field(
@@ -300,16 +394,23 @@ PII_FIELDS: tuple[str, ...] = ("key",)
 class StorageConfig(_Frozen):
     """Where logs, registry and controller state live: a path or a pyarrow URI."""
 
-    root: str = "runs/store"
+    root: str = Field(default="runs/store", description="local path (relative: to the working directory) or "
+                                                      "a pyarrow URI such as s3://bucket/prefix")
 
 
 class ServingConfig(_Frozen):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    ingress_num_cpus: float = Field(default=0.1, gt=0)
-    version_num_cpus: float = Field(default=0.1, gt=0)
-    routing_poll_seconds: float = Field(default=0.25, gt=0)
-    max_instances_per_request: int = Field(default=1000, ge=1)
+    host: str = Field(default="127.0.0.1", description="Serve HTTP host; loopback unless set (lifelong up --host)")
+    port: int = Field(default=8000, ge=1, le=65535, description="Serve HTTP port (lifelong up --port)")
+    ingress_num_cpus: float = Field(default=0.1, gt=0, description="CPUs the HTTP ingress replica reserves")
+    version_num_cpus: float = Field(default=0.1, gt=0, description="CPUs each model-version replica reserves")
+    version_placement: Literal["deployment", "ingress"] = Field(
+        default="deployment",
+        description="where versions run: 'deployment' = each its own Serve app, called through a handle "
+                    "(isolation, GPUs, own replicas); 'ingress' = loaded into the ingress replica and called "
+                    "in-line (no second hop; for small CPU models)")
+    routing_poll_seconds: float = Field(default=0.25, gt=0,
+                                        description="how often the ingress re-reads the routing table")
+    max_instances_per_request: int = Field(default=1000, ge=1, description="larger predict requests get 413")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     admin_token_env: str = Field(default="LIFELONG_ADMIN_TOKEN",
                                  description="env var holding the bearer token of the admin endpoints")
@@ -318,7 +419,7 @@ class ServingConfig(_Frozen):
 
 
 class ControllerConfig(_Frozen):
-    tick_seconds: float = Field(default=1.0, gt=0)
+    tick_seconds: float = Field(default=1.0, gt=0, description="controller loop period (observe, decide, act)")
 
 
 class Config(_Frozen):

@@ -25,6 +25,10 @@ from typing import Any
 import pyarrow.fs as pafs
 
 
+#: a new file that must not exist yet (the temporary name of an atomic write)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
 def _fsync_dir(path: str) -> None:
     """Make a rename into ``path`` durable (the file's own fsync does not cover its name)."""
     fd = os.open(path, os.O_RDONLY)
@@ -64,18 +68,29 @@ class Storage:
         milliseconds. Object stores ignore ``fsync``: a finished PUT is durable."""
         full = self.path(rel)
         parent = full.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if self._local:
+        if self._local:  # plain os calls: this is the prediction log's per-request path
             tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            try:
+                fd = os.open(tmp, _NEW_FILE, 0o666)
+            except FileNotFoundError:  # first file of a directory (or retention removed it)
+                os.makedirs(parent, exist_ok=True)
+                fd = os.open(tmp, _NEW_FILE, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 if fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    os.fdatasync(fd)  # data and the size; the name is the directory's (below)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+            os.close(fd)
             os.replace(tmp, full)
             if fsync:
                 _fsync_dir(parent)
         else:
+            self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(full) as out:
                 out.write(data)
 

@@ -144,7 +144,8 @@ class WindowTracker:
             rep = feature_drift(ref, cols, self.cfg.drift)
             out.append(FeatureWindow(index=idx, start_t=start_t, end_t=end_t, drifted=rep.drifted,
                                      reason=rep.reason, champion=state.champion, n_drifted=rep.n_drifted,
-                                     max_psi=max((f.psi for f in rep.features), default=0.0)))
+                                     max_psi=max((f.psi for f in rep.features), default=0.0),
+                                     feature_psi={f.feature: f.psi for f in rep.features}))
         return out
 
     def quality_windows(self, state: ControllerState) -> list[QualityWindow]:

@@ -158,7 +158,7 @@ def _watch_drift(tick: Tick, obs: Observations) -> None:
             continue
         s.feature_monitor, fired = update_monitor(s.feature_monitor, w.drifted, dcfg.consecutive_windows)
         s.last_feature_drift = {"index": w.index, "drifted": w.drifted, "reason": w.reason,
-                                "max_psi": w.max_psi, "t": w.end_t}
+                                "max_psi": w.max_psi, "t": w.end_t, "psi": w.feature_psi, "version": w.champion}
         if fired:
             reason = f"feature drift: {w.reason}, for {dcfg.consecutive_windows} windows"
             tick.emit(EventKind.DRIFT_DETECTED, reason, s.champion, drift="feature", window=w.index)
@@ -179,7 +179,7 @@ def _watch_drift(tick: Tick, obs: Observations) -> None:
         required = 1 if w.sequential_alarm else dcfg.consecutive_windows
         s.quality_monitor, fired = update_monitor(s.quality_monitor, w.drifted, required)
         s.last_quality = {"index": w.index, "accuracy": w.accuracy, "reference": w.reference_accuracy,
-                          "n": w.n, "drifted": w.drifted, "reason": w.reason, "t": w.end_t}
+                          "n": w.n, "drifted": w.drifted, "reason": w.reason, "t": w.end_t, "version": w.champion}
         if fired:
             span = "" if w.sequential_alarm else f", for {dcfg.consecutive_windows} windows"
             reason = f"performance drift: {w.reason}{span}"

@@ -170,6 +170,7 @@ class FeatureWindow(BaseModel):
     champion: str | None = None  # the version whose reference it was compared with
     n_drifted: int = 0
     max_psi: float = 0.0
+    feature_psi: dict[str, float] = Field(default_factory=dict)  # PSI per feature (the metrics exporter shows it)
 
 
 class QualityWindow(BaseModel):

@@ -52,10 +52,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifelong_ray.config import Config, ServingConfig
 from lifelong_ray.control.commands import submit_command
@@ -78,6 +80,7 @@ from lifelong_ray.serving.admin import (
 from lifelong_ray.serving.bodylimit import BodyLimit
 from lifelong_ray.serving.faults import NO_FAULT, FaultSpec, draw_fault, read_faults
 from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, check_items
+from lifelong_ray.serving.local import LocalVersions
 from lifelong_ray.serving.routing import RoutingTable, choose_version, read_routing, should_shadow
 from lifelong_ray.storage import Storage
 
@@ -169,6 +172,23 @@ class ModelList(BaseModel):
     models: list[str]
 
 
+class ModelStatus(BaseModel):
+    """``GET /v1/models/{model}``: schema, versions, routing, controller state, last events.
+
+    Parts that could not be read are left empty and named in ``<part>_error`` fields."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model: str
+    schema_: dict[str, Any] = Field(alias="schema", description="features and label of the model")
+    versions: list[dict[str, Any]] = Field(description="registered versions with their metadata summary")
+    aliases: dict[str, str]
+    weights: dict[str, float] = Field(description="version -> percent of traffic the ingress routes now")
+    routing: dict[str, Any]
+    controller: dict[str, Any] | None = Field(description="the controller's persisted state (None: none yet)")
+    last_events: list[dict[str, Any]] = Field(description="the newest audit events, oldest first")
+
+
 #: models served by the ingress in this process; metric labels use "<unknown>" for any
 #: other name so a client cannot grow the label set at will
 _SERVED: set[str] = set()
@@ -248,6 +268,16 @@ async def _on_invalid_request(request: Request, exc: RequestValidationError) -> 
     violations = [_from_pydantic(e) for e in errors]
     M.REJECTED.labels(model=model, rule=violations[0]["rule"] if violations else "invalid").inc()
     return _error(422, "invalid request", violations)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own 400 (a body it cannot parse, e.g. not UTF-8) in the documented envelope."""
+    if exc.status_code != 400:
+        return await http_exception_handler(request, exc)
+    M.REJECTED.labels(model=_model_label(request.path_params.get("model", "")), rule="unparseable").inc()
+    return _error(400, "malformed request body", [_violation(
+        None, "body", "unparseable", f"the body could not be read as JSON: {exc.detail}")])
 
 
 class _ApiError(Exception):
@@ -391,6 +421,18 @@ class _Model:
         self.table_seen_at = time.monotonic()
         self.faults: FaultSpec | None = None
         self.handles: dict[str, Any] = {}
+        #: versions loaded in this replica (``serving.version_placement: ingress``), else None
+        self.local: LocalVersions | None = None
+        if cfg.serving.version_placement == "ingress":
+            from lifelong_ray.registry.store import Registry
+
+            self.local = LocalVersions(Registry(self.storage, self.name).load)
+
+    async def adopt(self, table: RoutingTable) -> None:
+        """Switch to ``table``; in ingress placement, load the versions it names first."""
+        if self.local is not None and table != self.table:
+            await asyncio.to_thread(self.local.sync, table)
+        self.set_table(table)
 
     def set_faults(self, faults: FaultSpec | None) -> None:
         if faults != self.faults:
@@ -455,7 +497,7 @@ def _metadata_summary(md: Any) -> dict[str, Any]:
 #: decorator of every admin route: 202 with the command, the bearer check before anything else
 _admin_route = functools.partial(api.post, status_code=202, response_model=CommandAccepted,
                                  dependencies=[Depends(_admin_auth)], responses={
-                                     code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 503)})
+                                     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)})
 
 
 def _invalid_admin(model: str, kind: str, field: str, rule: str, message: str) -> _ApiError:
@@ -471,6 +513,7 @@ def _publish(cfg: Config) -> None:
     dicts itself or the FastAPI hooks (which run with the real module) would not see it."""
     name, env = cfg.model.name, cfg.serving.admin_token_env
     _SERVED.add(name)
+    M.watch(cfg)  # the controller's persisted state, read at scrape time
     _BODY_LIMITS[name] = cfg.serving.max_body_bytes
     try:
         _ADMIN_TOKENS[name] = resolve_token(env, cfg.serving.admin_token_file, os.environ)
@@ -493,7 +536,7 @@ class Ingress:
             _publish(cfg)
         for m in self._models.values():
             try:
-                m.set_table(await asyncio.to_thread(read_routing, m.storage, m.name))
+                await m.adopt(await asyncio.to_thread(read_routing, m.storage, m.name))
                 m.set_faults(await asyncio.to_thread(read_faults, m.storage, m.name))
             except Exception:  # noqa: BLE001 - keep serving; the poller retries
                 logger.exception("could not read the routing table or faults of %s", m.name)
@@ -506,7 +549,9 @@ class Ingress:
         self._apps_at = -math.inf
         loop = asyncio.get_running_loop()
         self._poller = loop.create_task(self._poll_routing())
-        self._apps_poller = loop.create_task(self._poll_apps())
+        # which Serve apps are live matters only to versions called through a handle
+        placements = {m.cfg.serving.version_placement for m in self._models.values()}
+        self._apps_poller = loop.create_task(self._poll_apps()) if "deployment" in placements else None
 
     async def _poll_apps(self) -> None:
         failures = 0
@@ -538,7 +583,10 @@ class Ingress:
                                        failures[m.name], err)
                     continue
                 failures.pop(m.name, None)
-                m.set_table(table)
+                try:
+                    await m.adopt(table)
+                except Exception as err:  # noqa: BLE001 - keep the last good table
+                    logger.warning("could not adopt routing table of %s: %s", m.name, err)
                 try:
                     m.set_faults(await asyncio.to_thread(read_faults, m.storage, m.name))
                 except Exception as err:  # noqa: BLE001 - keep the last good faults
@@ -554,6 +602,8 @@ class Ingress:
 
     # -- calling versions -------------------------------------------------------------
     async def _call(self, m: _Model, version: str, cols: dict[str, np.ndarray]) -> tuple[list[int], list[float]]:
+        if m.local is not None:
+            return await self._call_local(m, version, cols)
         # The controller deploys a version (and waits for RUNNING) before it writes a table
         # naming it, so a snapshot taken after this table was seen that lacks the app means
         # the version is really gone: fail now rather than queue until the timeout.
@@ -578,9 +628,35 @@ class Ingress:
         except asyncio.TimeoutError:
             resp.cancel()
             raise TimeoutError(f"version {version} did not answer within {VERSION_CALL_TIMEOUT_S:g}s") from None
+        return self._checked(m, version, labels, conf, cols, fault.nan)
+
+    async def _call_local(self, m: _Model, version: str,
+                          cols: dict[str, np.ndarray]) -> tuple[list[int], list[float]]:
+        """A call to a version loaded in this replica: same faults and output checks, no hop.
+
+        The model runs in-line on the event loop, as a one-deployment app would
+        (``version_placement: ingress`` is meant for small CPU models)."""
+        loaded = m.local.get(version)
+        if loaded is None:
+            raise VersionUnavailable(m.local.why_missing(version))
+        fault = draw_fault(m.faults.versions.get(version), self._rng) if m.faults is not None else NO_FAULT
+        if fault.delay_s > 0:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="delay").inc()
+            await asyncio.sleep(fault.delay_s)
+        if fault.abort:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="abort").inc()
+            raise InjectedAbort(f"version {version} call aborted by faults.json (chaos testing)")
+        labels_a, conf_a = loaded.predict(cols)
+        labels = np.asarray(labels_a, dtype=np.int64).tolist()
+        conf = np.asarray(conf_a, dtype=np.float64).tolist()
+        return self._checked(m, version, labels, conf, cols, fault.nan)
+
+    @staticmethod
+    def _checked(m: _Model, version: str, labels: list[int], conf: list[float],
+                 cols: dict[str, np.ndarray], inject_nan: bool) -> tuple[list[int], list[float]]:
         if len(labels) != len(next(iter(cols.values()))):
             raise RuntimeError(f"version {version} returned {len(labels)} predictions")
-        if fault.nan:
+        if inject_nan:
             M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="nan").inc()
             conf = [math.nan] * len(conf)
         bad = sum(1 for c in conf if not math.isfinite(c))
@@ -687,7 +763,7 @@ class Ingress:
             task.add_done_callback(self._background.discard)
 
         M.PREDICTIONS.labels(model=model, version=version).inc(n)
-        M.PREDICT_LATENCY.labels(model=model).observe(latency_s)
+        M.PREDICT_LATENCY.labels(model=model, version=version).observe(latency_s)
         return {"predictions": labels, "request_ids": request_ids, "model_version": version}
 
     @api.post("/v1/models/{model}:feedback", response_model=FeedbackResponse,
@@ -798,7 +874,7 @@ class Ingress:
     async def list_models(self) -> Any:
         return {"models": sorted(self._models)}
 
-    @api.get("/v1/models/{model}", responses={404: {"model": ErrorResponse}})
+    @api.get("/v1/models/{model}", response_model=ModelStatus, responses={404: {"model": ErrorResponse}})
     async def model_status(self, model: str) -> Any:
         m = self._model(model)
         status = await asyncio.to_thread(self._status, m)
@@ -850,13 +926,26 @@ class Ingress:
             out["events_error"] = f"{type(err).__name__}: {err}"
         return out
 
+    @api.get("/ui", response_class=HTMLResponse, responses={200: {
+        "description": "the status page: one self-contained HTML document (serving/ui.py)",
+        "content": {"text/html": {"schema": {"type": "string"}}}}})
+    async def ui_page(self) -> HTMLResponse:
+        """Status page: versions and weights, rollout stage, drift, error budget, windowed
+        quality over time with events marked, and the latest decisions with their reasons."""
+        from lifelong_ray.serving import ui
+
+        models = list(self._models.values())
+        views = await asyncio.to_thread(lambda: [ui.gather(m.storage, m.cfg, m.table) for m in models])
+        return HTMLResponse(ui.render_page(views, now=time.time()), headers=ui.SECURITY_HEADERS)
+
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse, responses={200: {
+        "description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics(self) -> Response:
-        body, content_type = M.exposition()
+        body, content_type = await asyncio.to_thread(M.exposition)  # reads storage: off the event loop
         return Response(content=body, media_type=content_type)
 
     def __del__(self) -> None:

@@ -9,6 +9,7 @@ restarts mid-step may call it again safely::
 
     deploy.ensure_serve(cfg)                 # serve.start on cfg.serving.host/port
     deploy.deploy_version(cfg, "v0001")      # app "lifelong-<model>-v0001", no HTTP route
+                                             # (version_placement: ingress -> no app, a load check)
     deploy.deploy_ingress([cfg])             # app "lifelong" on "/"
     # ... write a routing table (serving.routing.write_routing) to send traffic ...
     deploy.retire_version(cfg, "v0001")
@@ -132,7 +133,18 @@ def deploy_version(cfg: Config, version: str) -> None:
 
     Idempotent: an app already RUNNING is left alone, one still DEPLOYING is waited for.
     A version that fails to start (e.g. its artifact fails the integrity check) is
-    deleted again and the error raised."""
+    deleted again and the error raised.
+
+    With ``serving.version_placement: ingress`` no app is made: the ingress loads the
+    version itself when a routing table names it. This only checks that the version
+    loads (its artifact passes the integrity check), so that a broken version fails
+    here, before any table names it, as it would with its own app."""
+    if cfg.serving.version_placement == "ingress":
+        from lifelong_ray.registry.store import Registry
+        from lifelong_ray.storage import Storage
+
+        Registry(Storage(serving_config_dict(cfg)["storage"]["root"]), cfg.model.name).load(version)
+        return
     name = version_app_name(cfg.model.name, version)
     status = _app_status(name)
     if status == _RUNNING:

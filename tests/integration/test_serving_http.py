@@ -61,7 +61,7 @@ def _train_and_register(cfg, invert: bool, job: str) -> str:
     schema = Schema(cfg.model)
     transform = FeatureTransform.fit(cols, schema)
     state, _ = fit_numpy(transform.apply(cols), y, cfg.estimator, n_classes=2, seed=0)
-    reg = Registry(Storage(cfg.storage.root), MODEL)
+    reg = Registry(Storage(cfg.storage.root), cfg.model.name)
     return reg.register(state_dict=state, transform=transform, estimator=cfg.estimator,
                         n_in=transform.n_out, classes=[0, 1],
                         reference=pa.table({"x0": cols["x0"], "x1": cols["x1"], "c": list(cols["c"])}),
@@ -418,7 +418,7 @@ def test_metrics_exposition(served):
     assert any(s.labels == {"model": MODEL, "version": "v0001"} and s.value > 0 for s in samples)
     assert "lifelong_predict_latency_seconds" in fams
     assert "lifelong_rejected_requests" in fams and "lifelong_feedback" in fams
-    weights = {s.labels["version"]: s.value for s in fams["lifelong_route_weight"].samples
+    weights = {s.labels["version"]: s.value for s in fams["lifelong_route_weight_percent"].samples
                if s.labels["model"] == MODEL}
     assert weights.get("v0001") == 100.0
 

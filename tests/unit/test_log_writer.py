@@ -33,6 +33,8 @@ class StepClock:
 
 
 def _writer(tmp_path, **kw) -> tuple[ModelLogs, GroupCommit]:
+    """A writer that always goes through the queue (the in-line path has tests of its own)."""
+    kw.setdefault("inline_idle_s", None)
     logs = ModelLogs(Storage(str(tmp_path)), "m")
     return logs, GroupCommit(logs, logs.feedback_prefix, clock=StepClock(), **kw)
 
@@ -171,3 +173,42 @@ def test_log_fsync_comes_from_the_config(tmp_path):
     assert ModelLogs.from_config(Storage(str(tmp_path)), base).fsync is True
     relaxed = base.with_overrides(data={"log_fsync": False})
     assert ModelLogs.from_config(Storage(str(tmp_path)), relaxed).fsync is False
+
+
+def test_a_lone_caller_on_an_idle_writer_writes_in_line_and_is_durable(tmp_path):
+    logs, writer = _writer(tmp_path, inline_idle_s=0.0)
+
+    async def sequential():
+        return [await writer.append(_rows([f"s{i}"]), 1) for i in range(3)]
+
+    done = asyncio.run(sequential())
+    assert writer.inline_writes == 3 and len({p for p, _ in done}) == 3
+    table = LogTail(logs.storage, logs.feedback_prefix).read_new()
+    assert sorted(table.column("request_id").to_pylist()) == ["s0", "s1", "s2"]
+
+
+def test_under_concurrency_only_the_first_caller_is_in_line_and_the_rest_share_a_file(tmp_path):
+    logs, writer = _writer(tmp_path, inline_idle_s=60.0)
+    writer._idle_since = -float("inf")   # idle for ever: the first caller goes in-line
+    batches = [[f"c{i}"] for i in range(20)]
+    done = asyncio.run(_append_all(writer, batches))
+    assert writer.inline_writes == 1
+    files = logs.storage.list(logs.feedback_prefix, suffix=".parquet")
+    assert len(files) == 2 and {p for p, _ in done} == set(files)
+    table = LogTail(logs.storage, logs.feedback_prefix).read_new()
+    assert Counter(table.column("request_id").to_pylist()) == Counter(r for b in batches for r in b)
+
+
+def test_an_in_line_caller_whose_rows_cannot_be_built_gets_the_error_and_the_writer_goes_on(tmp_path):
+    logs, writer = _writer(tmp_path, inline_idle_s=0.0)
+
+    def broken(t):
+        raise ValueError("bad rows")
+
+    async def run():
+        with pytest.raises(ValueError, match="bad rows"):
+            await writer.append(broken, 1)
+        return await writer.append(_rows(["ok"]), 1)
+
+    path, _ = asyncio.run(run())
+    assert logs.storage.list(logs.feedback_prefix, suffix=".parquet") == [path]

@@ -50,6 +50,8 @@ __all__ = [
     "version_app_name",
     "ensure_serve",
     "deploy_ingress",
+    "ingress_app",
+    "ingress_application",
     "admin_token_env_vars",
     "deploy_version",
     "retire_version",
@@ -113,6 +115,42 @@ def deploy_ingress(cfgs: list[Config], index_capacity: int = DEFAULT_INDEX_CAPAC
     ``index_capacity`` bounds, per model, the request ids the ingress keeps in memory
     for the feedback checks (served ids and labeled ids each); beyond it the oldest
     are looked up in the logs instead."""
+    serve.run(ingress_application(cfgs, index_capacity), name=INGRESS_APP, route_prefix="/")
+
+
+def ingress_app(args: dict[str, Any]) -> Any:
+    """Serve application builder of the ingress, for ``serve run``/``serve deploy`` and a KubeRay
+    ``RayService`` (``deploy/rayservice.yaml``)::
+
+        applications:
+          - name: lifelong
+            route_prefix: /
+            import_path: lifelong_ray.serving.deploy:ingress_app
+            args: {configs: [/path/demo.yaml], start_controllers: true}
+
+    ``configs``: the models' YAML configs (on every node, storage root on shared/object
+    storage). ``start_controllers``: also start (or adopt) each model's detached controller
+    actor, so the Serve config alone runs the whole loop; otherwise start them with
+    ``jobs/loop.py`` or ``lifelong up``."""
+    from lifelong_ray.config import load_config
+    from lifelong_ray.control.controller import resolve_storage
+
+    paths = args.get("configs")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise ValueError("ingress_app needs args.configs: a list of config paths")
+    cfgs = [resolve_storage(load_config(p)) for p in paths]
+    if str(args.get("start_controllers", "false")).lower() in ("1", "true", "yes"):
+        from lifelong_ray.control.actor import start_controller
+
+        for cfg in cfgs:
+            start_controller(cfg)
+    return ingress_application(cfgs, int(args.get("index_capacity", DEFAULT_INDEX_CAPACITY)))
+
+
+def ingress_application(cfgs: list[Config], index_capacity: int = DEFAULT_INDEX_CAPACITY) -> Any:
+    """The ingress bound to ``cfgs`` (a Serve ``Application``; nothing is deployed yet)."""
     if not cfgs:
         raise ValueError("deploy_ingress needs at least one config")
     names = [c.model.name for c in cfgs]
@@ -123,9 +161,8 @@ def deploy_ingress(cfgs: list[Config], index_capacity: int = DEFAULT_INDEX_CAPAC
     env_vars = admin_token_env_vars(cfgs)
     if env_vars:
         options["runtime_env"] = {"env_vars": env_vars}
-    app = Ingress.options(name=INGRESS_DEPLOYMENT, ray_actor_options=options).bind(
+    return Ingress.options(name=INGRESS_DEPLOYMENT, ray_actor_options=options).bind(
         [serving_config_dict(c) for c in cfgs], index_capacity)
-    serve.run(app, name=INGRESS_APP, route_prefix="/")
 
 
 def deploy_version(cfg: Config, version: str) -> None:

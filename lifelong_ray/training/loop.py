@@ -184,7 +184,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batches = _shuffled_batches(*cached, est.batch_size, gen)
         elif int(config.get("rows", 0)) <= int(config.get("cache_rows", CACHE_ROWS)):
             xs, ys = [], []
-            for b in shard.iter_torch_batches(batch_size=4096, dtypes={"x": torch.float32, "y": torch.int64}):
+            for b in shard.iter_torch_batches(batch_size=4096, dtypes={"x": torch.float32, "y": torch.int64},
+                                              device=device):
                 xs.append(b["x"])
                 ys.append(b["y"])
             cached = (torch.cat(xs), torch.cat(ys))
@@ -193,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batches = (
                 (b["x"], b["y"])
                 for b in shard.iter_torch_batches(
-                    batch_size=est.batch_size, dtypes={"x": torch.float32, "y": torch.int64},
+                    batch_size=est.batch_size, dtypes={"x": torch.float32, "y": torch.int64}, device=device,
                     local_shuffle_buffer_size=buffer,
                     local_shuffle_seed=seed * 100_003 + epoch * 101 + rank)
             )
@@ -207,6 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue
         # the last report carries the loss curve and the weights (rank 0; every rank reports)
         metrics["losses"] = losses
+        metrics["device"] = str(device)  # cuda:N with training.use_gpu, else cpu
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

@@ -204,8 +204,10 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
         "reference_accuracy": cand_acc,
         "warnings": warnings,
     }
+    if "tune" in trained.metrics:  # the trials and the best one's config (lineage)
+        metadata["tune"] = trained.metrics["tune"]
     reference = window.reference if window.reference is not None else window.holdout.drop_columns(["t"])
-    version = reg.register(state_dict=trained.state_dict, transform=trained.transform, estimator=cfg.estimator,
+    version = reg.register(state_dict=trained.state_dict, transform=trained.transform, estimator=trained.estimator,
                            n_in=trained.n_in, classes=trained.classes, reference=reference, metadata=metadata)
     return RetrainResult(
         job_id=job_id, status=STATUS_OK, version=version, candidate_accuracy=cand_acc,

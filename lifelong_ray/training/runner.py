@@ -154,6 +154,10 @@ def train(window: TrainingWindow, cfg: Config, seed: int, *, name: str | None = 
         raise ValueError("the training window has no training rows")
     transform = FeatureTransform.fit(columns_from_table(table, schema), schema)
     n_in = transform.n_out
+    if cfg.training.tune.enabled:  # Ray Tune: the best of several trials is the candidate
+        from lifelong_ray.training.tune import tune_trained
+
+        return tune_trained(table, transform, cfg, seed, name=name and f"{name}-tune")
     runner = cfg.training.runner
     if runner == "local":
         x = transform.apply(columns_from_table(table, schema))
@@ -179,7 +183,7 @@ def train(window: TrainingWindow, cfg: Config, seed: int, *, name: str | None = 
         metrics = {"train_loss": float(result_metrics.get("loss", float("nan"))),
                    "losses": [float(v) for v in result_metrics.get("losses", [])],
                    "epochs": int(result_metrics.get("epoch", cfg.estimator.epochs)),
-                   "ray_train_run": run_name}
+                   "ray_train_run": run_name, "device": str(result_metrics.get("device", "cpu"))}
     else:  # pragma: no cover - the config only allows the two
         raise ValueError(f"unknown training runner {runner!r}")
     metrics.update(rows=table.num_rows, total_seconds=time.perf_counter() - start)
@@ -196,7 +200,9 @@ def finetune(window: TrainingWindow, cfg: Config, champion: LoadedModel, seed: i
     table = dataset_to_arrow(window.train)
     if table.num_rows == 0:
         raise ValueError("the incremental window has no training rows")
-    est = cfg.estimator.model_copy(update={"epochs": cfg.training.online_epochs, "lr": cfg.training.online_lr})
+    # the champion's own architecture (a Tune search may have picked other hidden sizes than the config's)
+    base = EstimatorConfig.model_validate(champion.metadata.get("estimator") or cfg.estimator.model_dump(mode="json"))
+    est = base.model_copy(update={"epochs": cfg.training.online_epochs, "lr": cfg.training.online_lr})
     x = champion.transform.apply(columns_from_table(table, schema))
     y = class_indices(table.column(LABEL).to_numpy(zero_copy_only=False), classes)
     init = {k: v.detach().clone() for k, v in champion.module.state_dict().items()}
@@ -207,4 +213,4 @@ def finetune(window: TrainingWindow, cfg: Config, champion: LoadedModel, seed: i
                "rows": table.num_rows, "parent": champion.version}
     return TrainedModel(state_dict=state, transform=champion.transform, n_in=champion.transform.n_out,
                         classes=classes, train_seconds=seconds, runner="online", metrics=metrics,
-                        estimator=cfg.estimator)
+                        estimator=base)

@@ -1,0 +1,194 @@
+"""Backfill as a Ray job: rebuild a model's training history from historical parquet logs.
+
+    ray job submit --working-dir . -- python jobs/backfill.py --config configs/demo.yaml /archive/demo/ --window
+
+SOURCE is a parquet file or a directory of them (read recursively with Ray Data, Hive
+``date=`` folders not turned into columns). Two layouts are accepted:
+
+* a labeled batch: the feature columns, the label column (``--label``, default the
+  config's), optional ``request_id`` and ``t`` (unix seconds);
+* a labeled log of lifelong itself (``request_id, t, t_label, version, prediction,
+  label`` + features), e.g. an archive of ``models/<model>/labeled`` or another store's.
+
+Rows are validated in Ray Data ``map_batches`` against the config's contract
+(:func:`lifelong_ray.data.ingest.mark_rows`); a row without a time is invalid
+(``t:null``). Then, per UTC day of the rows' own ``t`` (oldest first), the ingest path
+(:func:`lifelong_ray.data.ingest.ingest_marked`) quarantines the failing rows, guards the
+rest against the history written so far and appends them to the labeled log in that
+day's partition, so windows and retention see them at their historical time. With
+``data.replay_capacity`` > 0 the replay reservoir is then fed the new rows; ``--window``
+builds the training window the next retrain would use and prints its summary.
+
+The last stdout line is JSON: totals, one report per day, and the window. Rows with a
+``request_id`` count once in a window (the latest label wins), so re-running a backfill
+of a log is harmless; rows without one get fresh ids each run. ``--dry-run`` validates
+and reports without writing. Exit status: 0 done, 2 bad input (no such source, columns
+that do not match the config), 1 the backfill failed or nothing was accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import FAILED, JobInputError, connect, fail, load  # noqa: E402
+
+JOB = "backfill.py"
+#: Labeled-log columns dropped before validation (recomputed or meaningless for a backfill).
+LOG_ONLY = ("t_label", "version", "prediction")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobs/backfill.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--config", required=True, help="the model's YAML config")
+    p.add_argument("source", help="a parquet file or a directory of parquet files")
+    p.add_argument("--label", help="label column (default: 'label' for a lifelong log, else the config's)")
+    p.add_argument("--time-column", default="t", help="row time column, unix seconds (default t)")
+    p.add_argument("--dry-run", action="store_true", help="validate and report; write nothing")
+    p.add_argument("--window", action="store_true", help="then build the next training window and report it")
+    return p
+
+
+def read_source(source: str) -> Any:
+    """``source`` as a Ray Dataset in file order (directories recursively, no Hive columns)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    return ray.data.read_parquet(source, partitioning=None, file_extensions=["parquet", "pq"])
+
+
+def plan_columns(names: list[str], cfg: Any, label: str | None, time_column: str) -> tuple[str, list[str], str]:
+    """(label column, columns to drop, layout) for a source with columns ``names``."""
+    from lifelong_ray.data.logs import LABELED_META
+
+    is_log = all(c in names for c in LABELED_META)
+    label = label or ("label" if is_log else cfg.model.label.name)
+    if time_column not in names:
+        raise JobInputError(f"the source has no time column {time_column!r} (columns: {names}); a backfill writes "
+                            f"rows at their historical time: pass --time-column")
+    drop = [c for c in LOG_ONLY if is_log and c in names]
+    return label, drop, "labeled-log" if is_log else "batch"
+
+
+def mark_udf(batch: Any, spec_json: dict, label: str, time_column: str, drop: list[str]) -> Any:
+    """Ray Data UDF: drop log-only columns, name the time column ``t``, mark each row's first
+    broken rule (:func:`~lifelong_ray.data.ingest.mark_rows`); a null time is ``t:null``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lifelong_ray.config import ModelSpec
+    from lifelong_ray.data.ingest import mark_rows
+    from lifelong_ray.data.quarantine import ROW_REASON
+
+    batch = batch.drop_columns(drop)
+    if time_column != "t":
+        batch = batch.rename_columns(["t" if c == time_column else c for c in batch.column_names])
+    marked = mark_rows(batch, ModelSpec.model_validate(spec_json), label)
+    t = batch.column("t").cast(pa.float64())
+    no_time = np.asarray(pc.is_null(t).to_numpy(zero_copy_only=False), dtype=bool)
+    reasons = np.asarray(marked.column(ROW_REASON).to_pylist(), dtype=object)
+    reasons[no_time & (reasons == None)] = "t:null"  # noqa: E711 - elementwise
+    return marked.set_column(marked.column_names.index(ROW_REASON), ROW_REASON, pa.array(reasons, pa.string()))
+
+
+def backfill(cfg: Any, source: str, *, label: str | None = None, time_column: str = "t",
+             dry_run: bool = False, now: float | None = None) -> dict[str, Any]:
+    """Validate ``source`` with Ray Data and write it, day by day, through the ingest path."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lifelong_ray.data.ingest import ingest_marked, schema_problems
+    from lifelong_ray.data.logs import day_of
+    from lifelong_ray.data.quarantine import ROW_REASON
+    from lifelong_ray.data.window import dataset_to_arrow
+    from lifelong_ray.storage import Storage
+
+    ds = read_source(source)
+    names = ds.schema().names
+    label, drop, layout = plan_columns(names, cfg, label, time_column)
+    kept = pa.schema([f for f in ds.schema().base_schema if f.name not in drop])
+    if time_column != "t":
+        kept = pa.schema([f.with_name("t") if f.name == time_column else f for f in kept])
+    problems = schema_problems(kept, cfg.model, label)
+    if problems:
+        raise JobInputError(f"{source} does not match the config of {cfg.model.name!r}: {'; '.join(problems)}")
+    marked = dataset_to_arrow(ds.map_batches(
+        mark_udf, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"spec_json": cfg.model.model_dump(mode="json"), "label": label, "time_column": time_column,
+                   "drop": drop}))
+    out: dict[str, Any] = {"source": source, "layout": layout, "label": label, "received": marked.num_rows,
+                           "accepted": 0, "quarantined": 0, "days": []}
+    if marked.num_rows == 0:
+        return out
+    reasons = marked.column(ROW_REASON)
+    if dry_run:
+        counts = Counter(r for r in reasons.to_pylist() if r is not None)
+        out.update(valid=marked.num_rows - sum(counts.values()), invalid=dict(sorted(counts.items())))
+        return out
+    storage = Storage(cfg.storage.root)
+    now = time.time() if now is None else now
+    t = marked.column("t").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    t = np.where(np.isnan(t), now, t)  # t:null rows are quarantined now, not filed under a day
+    days = np.array([day_of(v) for v in t])
+    for day in sorted(set(days.tolist())):
+        part = marked.filter(pa.array(days == day))
+        part_t = pc.max(part.column("t").cast(pa.float64())).as_py()
+        rep = ingest_marked(storage, cfg, part, float(part_t if part_t is not None else now), label=label,
+                            source=f"backfill:{Path(source).name}:{day}")
+        if not rep.balanced:  # an invariant, not an input error
+            raise AssertionError(f"backfill lost rows on {day}: {rep}")
+        out["accepted"] += rep.accepted
+        out["quarantined"] += rep.quarantined
+        out["days"].append({"day": day, **rep.to_json()})
+    if cfg.data.replay_capacity > 0:
+        from lifelong_ray.data.replay import refresh_reservoir
+
+        res = refresh_reservoir(storage, cfg)
+        out["replay_rows"] = res.rows.num_rows
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load(args.config)
+        source = Path(args.source)
+        if not source.exists():
+            raise JobInputError(f"no such source: {args.source} (under `ray job submit` relative paths are read "
+                                f"from the uploaded working dir; pass an absolute path)")
+        if source.is_dir() and not any(source.rglob("*.parquet")) and not any(source.rglob("*.pq")):
+            raise JobInputError(f"{args.source} holds no .parquet files")
+        connect()
+        out = backfill(cfg, str(source.resolve()), label=args.label, time_column=args.time_column,
+                       dry_run=args.dry_run)
+    except JobInputError as err:
+        fail(JOB, str(err))
+    if args.window and not args.dry_run:
+        from lifelong_ray.data.window import WindowTooSmall, build_window
+        from lifelong_ray.storage import Storage
+
+        try:
+            out["window"] = build_window(Storage(cfg.storage.root), cfg, since_t=None,
+                                         seed=cfg.training.seed).summary()
+        except WindowTooSmall as err:
+            out["window"] = {"error": str(err)}
+    print(json.dumps(out))
+    if not args.dry_run and out["received"] and out["accepted"] == 0:
+        fail(JOB, f"no row of {args.source} was accepted ({out['quarantined']} quarantined): review them with "
+                  f"`lifelong quarantine {cfg.model.name}`", FAILED)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,18 +33,21 @@ Three measurements, each against its baseline in the same run:
    of the same file. Rows per second, median of ``--repeats``.
 3. **Peak memory while building a training window** over a labeled log of about
    ``--window-gb`` GB (in-memory arrow size), with ``training.window_recent`` at 90%
-   of its rows (so the window itself is ~0.9 of that): a fresh subprocess builds it with
-   ``build_window`` (Ray Data reads and validates the log, the replay reservoir is
-   fed, the window is selected on the driver) and reports its peak RSS
-   (``resource.getrusage``; the Ray worker processes that read the files are not
-   counted). ``--quick`` uses the Ray-free equivalent (``validate_batch`` per file
-   + ``window_from_table``) so it runs anywhere.
+   of its rows (so the window itself is ~0.9 of that) or ``--window-rows``: a fresh
+   subprocess builds it with ``build_window`` (a Ray Data key pass over every file,
+   the replay reservoir fed file by file, then a Ray Data pass reading only the rows
+   the window needs) and reports its peak RSS and build time (``resource.getrusage``;
+   the Ray worker processes that read the files are not counted). ``--quick`` runs
+   the same passes in process (``engine="local"``) so it runs anywhere.
+   ``--window-only`` runs just this, over each of a list of log sizes and window
+   sizes, to show the peak grows with the window and not with the log.
 
 ``--json`` prints exactly ``{"logging_p50_overhead", "validate_rows_per_s",
 "pyarrow_rows_per_s", "window_peak_rss_mb"}``; without it, tables (rich).
 
     python benchmarks/ingest.py                 # 2000 requests, 1M-row file, ~1 GB window
     python benchmarks/ingest.py --quick --json  # seconds, small sizes
+    python benchmarks/ingest.py --window-only --window-gb 0.25,1 --window-rows 20000   # window RSS only
 """
 
 from __future__ import annotations
@@ -334,49 +337,59 @@ def write_labeled_log(cfg: Config, storage: Storage, target_bytes: float, file_r
 
 
 def _window_child(root: str, recent: int, use_ray: bool) -> None:
-    """Runs in a fresh process: build the window, print peak RSS (MB) and window sizes as JSON."""
+    """Runs in a fresh process: build the window, print peak RSS (MB), wall time, window
+    sizes and what the build read, as JSON."""
+    import dataclasses
+
+    from lifelong_ray.data.window import build_window
+
     cfg = _config(root, recent)
     storage = Storage(root)
     if use_ray:
         import ray
 
-        from lifelong_ray.data.window import build_window
-
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        w = build_window(storage, cfg, since_t=None, seed=0)
+    t0 = time.perf_counter()
+    w = build_window(storage, cfg, since_t=None, seed=0, engine="ray" if use_ray else "local")
+    wall = time.perf_counter() - t0
+    if use_ray:
         ray.shutdown()
-    else:
-        from lifelong_ray.data.replay import refresh_reservoir
-        from lifelong_ray.data.window import VALID, REASON, validate_batch, window_from_table
-
-        parts = []
-        for path in ModelLogs(storage, cfg.model.name).labeled_files():
-            checked = validate_batch(pq.read_table(path), cfg.model)
-            parts.append(checked.filter(checked.column(VALID)).drop_columns([VALID, REASON]))
-        valid = pa.concat_tables(parts)
-        w = window_from_table(valid, cfg, since_t=None, seed=0, replay=refresh_reservoir(storage, cfg).rows)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"peak_rss_mb": peak, "rows": w.rows, "holdout_rows": w.holdout_rows,
-                      "replay_holdout_rows": w.replay_holdout_rows}))
+    print(json.dumps({"peak_rss_mb": peak, "build_s": wall, "rows": w.rows, "holdout_rows": w.holdout_rows,
+                      "replay_holdout_rows": w.replay_holdout_rows, "window_recent": recent,
+                      "read": dataclasses.asdict(w.read_stats) if w.read_stats else None}))
 
 
-def measure_window(workdir: Path, gigabytes: float, use_ray: bool) -> dict[str, float]:
+def measure_window(workdir: Path, gigabytes: float, use_ray: bool, window_rows: int | None = None) -> dict[str, Any]:
+    """Peak RSS of building a window over a fresh ~``gigabytes`` GB labeled log;
+    ``training.window_recent`` is ``window_rows``, or 90% of the log's rows (a window
+    about as large as the log) when None."""
     root = str(workdir / "store")
     cfg = _config(root)
     info = write_labeled_log(cfg, Storage(root), gigabytes * 1e9, file_rows=500_000 if gigabytes >= 0.5 else 20_000)
-    recent = int(0.9 * info["log_rows"])  # the window is ~90% of the log: a ~window-gb window
+    recent = window_rows if window_rows else int(0.9 * info["log_rows"])
     env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, __file__, "--window-child", root, "--recent", str(recent)]
                          + (["--ray"] if use_ray else []), capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"window subprocess failed:\n{out.stderr[-3000:]}")
     child = json.loads(out.stdout.strip().splitlines()[-1])
-    return {**info, **child, "path": "build_window (Ray Data)" if use_ray else "validate_batch + window_from_table"}
+    return {**info, **child, "path": "build_window (Ray Data)" if use_ray else "build_window (engine=local)"}
+
+
+def window_only(gigabytes: list[float], window_rows: list[int | None], use_ray: bool) -> list[dict[str, Any]]:
+    """Only the window measurement, for each log size and window size (a fresh log each)."""
+    out = []
+    for gb in gigabytes:
+        for rows in window_rows:
+            with tempfile.TemporaryDirectory(prefix="ingest-window-") as tmp:
+                out.append({"window_gb": gb, **measure_window(Path(tmp), gb, use_ray, rows)})
+    return out
 
 
 # -- main --------------------------------------------------------------------------------
 def run(requests: int, rows: int, repeats: int, window_gb: float, use_ray: bool, rounds: int = 10,
-        clients: int = 8) -> dict[str, Any]:
+        clients: int = 8, window_rows: int | None = None) -> dict[str, Any]:
     """Every measurement; over HTTP (a local Ray + Serve of its own) only with ``use_ray``."""
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         work = Path(tmp)
@@ -386,7 +399,7 @@ def run(requests: int, rows: int, repeats: int, window_gb: float, use_ray: bool,
         http = measure_logging_http(_config(str(work / "http")), Storage(str(work / "http")), requests, rounds,
                                     clients) if use_ray else None
         validation = measure_validation(cfg, work, rows, repeats)
-        window = measure_window(work, window_gb, use_ray)
+        window = measure_window(work, window_gb, use_ray, window_rows)
     return {"logging": logging_, "http": http, "validation": validation, "window": window,
             "load": (load_before, os.getloadavg()[0]), "default_route": DEFAULT_ROUTE}
 
@@ -449,6 +462,23 @@ def print_tables(r: dict[str, Any]) -> None:
             f"load average {r['load'][0]:.2f} before, {r['load'][1]:.2f} after")
 
 
+def print_window_runs(runs: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="training window memory (--window-only)")
+    for col in ("labeled log", "window_recent", "window", "peak RSS", "build s", "rows decoded / fetched"):
+        t.add_column(col)
+    for wi in runs:
+        rd = wi.get("read") or {}
+        t.add_row(f"{wi['log_rows']:,.0f} rows, {wi['log_bytes'] / 1e9:.2f} GB in {wi['log_files']:.0f} files",
+                  f"{wi['window_recent']:,}",
+                  f"{wi['rows']:,} train + {wi['holdout_rows']:,} holdout + {wi['replay_holdout_rows']:,} replay ho",
+                  f"{wi['peak_rss_mb']:,.0f} MB", f"{wi['build_s']:.1f}",
+                  f"{rd.get('feature_rows_decoded', 0):,} / {rd.get('rows_fetched', 0):,}")
+    Console().print(t)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000,
@@ -457,9 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients of the concurrent phase")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the batch file to validate")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--window-gb", type=float, default=1.0, help="labeled log size (arrow GB) for the window")
+    ap.add_argument("--window-gb", default="1.0", help="labeled log size (arrow GB) for the window")
     ap.add_argument("--quick", action="store_true", help="small sizes, Ray-free: no HTTP, in-process window path")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
+    ap.add_argument("--window-only", action="store_true",
+                    help="only the window measurement; --window-gb and --window-rows may list several values")
+    ap.add_argument("--window-rows", default="",
+                    help="training.window_recent of the window (comma-separated list with --window-only; "
+                         "0 or none: 90%% of the log's rows)")
     ap.add_argument("--window-child", metavar="ROOT", help=argparse.SUPPRESS)
     ap.add_argument("--recent", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
@@ -467,10 +502,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.window_child:
         _window_child(args.window_child, args.recent, args.ray)
         return 0
+    sizes = [float(x) for x in str(args.window_gb).split(",")]
+    windows: list[int | None] = [int(x) or None for x in args.window_rows.split(",") if x] or [None]
     if args.quick:
-        args.requests, args.rows, args.repeats, args.window_gb = 200, 50_000, 1, 0.02
-    result = run(args.requests, args.rows, args.repeats, args.window_gb, use_ray=not args.quick, rounds=args.rounds,
-                 clients=args.clients)
+        args.requests, args.rows, args.repeats, sizes = 200, 50_000, 1, [0.02]
+    if args.window_only:
+        runs = window_only(sizes, windows, use_ray=not args.quick)
+        if args.json:
+            print(json.dumps(runs))
+        else:
+            print_window_runs(runs)
+        return 0
+    result = run(args.requests, args.rows, args.repeats, sizes[0], use_ray=not args.quick, rounds=args.rounds,
+                 clients=args.clients, window_rows=windows[0])
     if args.json:
         print(json.dumps(json_summary(result)))
     else:

@@ -118,7 +118,7 @@ class ReplayReservoir:
         """Feed the labeled-log rows not read yet; returns how many valid rows were offered."""
         tail = LogTail(storage, ModelLogs(storage, self.spec.name).labeled_prefix, seen=self.seen_files)
         offered = 0
-        for table in tail.read_new_tables():
+        for table in tail.iter_new_tables():  # one file at a time: the reservoir stays bounded
             checked = validate_batch(table, self.spec)
             good = checked.filter(checked.column(VALID)).select(self.rows.column_names)
             self.add(good)

@@ -611,13 +611,7 @@ class Ingress:
                 and version_app_name(m.name, version) not in self._apps):
             raise VersionUnavailable(f"version {version} of {m.name} is not deployed "
                                      f"(no Serve application {version_app_name(m.name, version)})")
-        fault = draw_fault(m.faults.versions.get(version), self._rng) if m.faults is not None else NO_FAULT
-        if fault.delay_s > 0:
-            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="delay").inc()
-            await asyncio.sleep(fault.delay_s)
-        if fault.abort:
-            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="abort").inc()
-            raise InjectedAbort(f"version {version} call aborted by faults.json (chaos testing)")
+        fault = await self._fault(m, version)
         resp = m.handle(version).predict.remote(cols)
 
         async def _wait() -> Any:
@@ -630,6 +624,17 @@ class Ingress:
             raise TimeoutError(f"version {version} did not answer within {VERSION_CALL_TIMEOUT_S:g}s") from None
         return self._checked(m, version, labels, conf, cols, fault.nan)
 
+    async def _fault(self, m: _Model, version: str) -> Any:
+        """Draw this call's fault from ``faults.json`` (chaos testing); apply its delay and abort."""
+        fault = draw_fault(m.faults.versions.get(version), self._rng) if m.faults is not None else NO_FAULT
+        if fault.delay_s > 0:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="delay").inc()
+            await asyncio.sleep(fault.delay_s)
+        if fault.abort:
+            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="abort").inc()
+            raise InjectedAbort(f"version {version} call aborted by faults.json (chaos testing)")
+        return fault
+
     async def _call_local(self, m: _Model, version: str,
                           cols: dict[str, np.ndarray]) -> tuple[list[int], list[float]]:
         """A call to a version loaded in this replica: same faults and output checks, no hop.
@@ -639,13 +644,7 @@ class Ingress:
         loaded = m.local.get(version)
         if loaded is None:
             raise VersionUnavailable(m.local.why_missing(version))
-        fault = draw_fault(m.faults.versions.get(version), self._rng) if m.faults is not None else NO_FAULT
-        if fault.delay_s > 0:
-            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="delay").inc()
-            await asyncio.sleep(fault.delay_s)
-        if fault.abort:
-            M.FAULTS_INJECTED.labels(model=m.name, version=version, kind="abort").inc()
-            raise InjectedAbort(f"version {version} call aborted by faults.json (chaos testing)")
+        fault = await self._fault(m, version)
         labels_a, conf_a = loaded.predict(cols)
         labels = np.asarray(labels_a, dtype=np.int64).tolist()
         conf = np.asarray(conf_a, dtype=np.float64).tolist()

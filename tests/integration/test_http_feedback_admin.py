@@ -22,6 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from itest_helpers import eventually as _eventually
+from itest_helpers import register_untrained
+
 pytestmark = pytest.mark.integration
 
 MODEL, OTHER = "fbtest", "fbnoadmin"
@@ -47,34 +50,10 @@ def _config(name: str, root: str, token_env: str):
 
 
 def _register_untrained(cfg, seed: int) -> str:
-    import torch
-
-    from lifelong_ray.data.schema import Schema
-    from lifelong_ray.data.transform import FeatureTransform
-    from lifelong_ray.registry.store import Registry
-    from lifelong_ray.storage import Storage
-    from lifelong_ray.training.estimators import build_module
-
     rng = np.random.default_rng(seed)
     cols = {"x": rng.uniform(-5, 5, 400), "c": rng.choice(np.array(["a", "b"], dtype=object), 400)}
-    transform = FeatureTransform.fit(cols, Schema(cfg.model))
-    torch.manual_seed(seed)
-    module = build_module(cfg.estimator, transform.n_out, 2)
-    return Registry(Storage(cfg.storage.root), cfg.model.name).register(
-        state_dict=module.state_dict(), transform=transform, estimator=cfg.estimator, n_in=transform.n_out,
-        classes=[0, 1], reference=pa.table({"x": cols["x"], "c": list(cols["c"])}), metadata={"seed": seed})
+    return register_untrained(cfg, cols, seed)
 
-
-def _eventually(pred, timeout: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = pred()
-        except requests.RequestException:
-            value = None
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,9 @@ import pytest
 import requests
 import schemathesis
 
+from itest_helpers import eventually as _eventually
+from itest_helpers import register_untrained
+
 pytestmark = pytest.mark.integration
 
 MODEL = "fuzz"
@@ -64,35 +67,10 @@ def _config(root: str, token_file: str, name: str = MODEL):
 
 
 def _register_untrained(cfg) -> str:
-    import torch
-
-    from lifelong_ray.data.schema import Schema
-    from lifelong_ray.data.transform import FeatureTransform
-    from lifelong_ray.registry.store import Registry
-    from lifelong_ray.storage import Storage
-    from lifelong_ray.training.estimators import build_module
-
     rng = np.random.default_rng(0)
     cols = {"x0": rng.uniform(-5, 5, 200), "color": rng.choice(np.array(["red", "blue"], dtype=object), 200)}
-    transform = FeatureTransform.fit(cols, Schema(cfg.model))
-    torch.manual_seed(0)
-    module = build_module(cfg.estimator, transform.n_out, 2)
-    return Registry(Storage(cfg.storage.root), MODEL).register(
-        state_dict=module.state_dict(), transform=transform, estimator=cfg.estimator, n_in=transform.n_out,
-        classes=[0, 1], reference=pa.table({"x0": cols["x0"], "color": list(cols["color"])}),
-        metadata={"job_id": "fuzz-1"})
+    return register_untrained(cfg, cols, 0, metadata={"job_id": "fuzz-1"})
 
-
-def _eventually(pred, timeout: float = 60.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = pred()
-        except requests.RequestException:
-            value = None
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pytest
 import requests
 
+from itest_helpers import eventually as _eventually
+
 pytestmark = pytest.mark.integration
 
 MODEL = "uitest"
@@ -138,17 +140,6 @@ def build_history(cfg, now: float) -> dict:
             "x": pa.array(x[chunk]), "c": pa.array(list(c[chunk]), pa.string())}), float(t[chunk][-1]) + 5.0)
     return {"storage": storage, "versions": versions, "events": events}
 
-
-def _eventually(pred, timeout: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = pred()
-        except requests.RequestException:
-            value = None
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,43 @@
+"""Helpers shared by the HTTP integration tests (imported by basename; not a test module)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import requests
+
+
+def eventually(pred: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
+    """Poll ``pred`` until it is truthy or ``timeout`` passes; its last value (an HTTP error counts as None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = pred()
+        except requests.RequestException:
+            value = None
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def register_untrained(cfg, cols: dict[str, np.ndarray], seed: int = 0, metadata: dict | None = None) -> str:
+    """Register a randomly initialised ``cfg.estimator`` whose transform is fitted on ``cols``."""
+    import torch
+
+    from lifelong_ray.data.schema import Schema
+    from lifelong_ray.data.transform import FeatureTransform
+    from lifelong_ray.registry.store import Registry
+    from lifelong_ray.storage import Storage
+    from lifelong_ray.training.estimators import build_module
+
+    transform = FeatureTransform.fit(cols, Schema(cfg.model))
+    torch.manual_seed(seed)
+    module = build_module(cfg.estimator, transform.n_out, len(cfg.model.label.classes))
+    reference = pa.table({k: (list(v) if v.dtype == object else v) for k, v in cols.items()})
+    return Registry(Storage(cfg.storage.root), cfg.model.name).register(
+        state_dict=module.state_dict(), transform=transform, estimator=cfg.estimator, n_in=transform.n_out,
+        classes=[int(c) for c in cfg.model.label.classes], reference=reference,
+        metadata=metadata if metadata is not None else {"seed": seed})

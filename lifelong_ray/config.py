@@ -214,6 +214,10 @@ class TrainingConfig(_Frozen):
                     "this many per drift (0: off)")
     settle_min_gain: float = Field(default=0.005, ge=0, lt=1,
                                    description="holdout accuracy a settle retrain must gain over the champion")
+    settle_after_rows: int | None = Field(
+        default=None, ge=1,
+        description="fresh labeled rows after a promotion before its follow-up retrain (default: window_recent); "
+                    "smaller follows a slow (gradual) drift more closely")
     tune: TuneConfig = Field(default_factory=TuneConfig,
                              description="Ray Tune search at each full retrain (off by default)")
 

@@ -13,7 +13,7 @@ feature-drift-only or settle retrain only refreshes a healthy model and waits.
 
 from __future__ import annotations
 
-from lifelong_ray.config import Config
+from lifelong_ray.config import Config, TrainingConfig
 from lifelong_ray.events import EventKind
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage, transition
 from lifelong_ray.policy.model import Action, ActionKind, ControllerState, Observations
@@ -82,7 +82,8 @@ def bootstrap(tick: Tick, obs: Observations) -> None:
 
 def arm_settle(tick: Tick) -> None:
     """After promoting a full retrain made for a drift (or a settle that gained),
-    schedule the follow-up: once ``window_recent`` fresh labeled rows exist, retrain
+    schedule the follow-up: once ``settle_after_rows`` (default ``window_recent``) fresh
+    labeled rows exist, retrain
     on them. The version trained right after a drift has seen only ``min_rows``
     rows, partly from mid-change; the follow-up is canaried only if it gains."""
     s, tc = tick.s, tick.cfg.training
@@ -92,7 +93,12 @@ def arm_settle(tick: Tick) -> None:
     if purpose == "drift":
         s.settles_left = tc.settle_retrains
     if s.settles_left > 0:
-        s.settle_due_labeled = tick.obs.labeled_total + tc.window_recent
+        s.settle_due_labeled = tick.obs.labeled_total + settle_gap(tc)
+
+
+def settle_gap(tc: TrainingConfig) -> int:
+    """Fresh labeled rows between a promotion and its follow-up retrain."""
+    return tc.settle_after_rows if tc.settle_after_rows is not None else tc.window_recent
 
 
 def schedule_settle(tick: Tick, obs: Observations) -> None:
@@ -100,7 +106,7 @@ def schedule_settle(tick: Tick, obs: Observations) -> None:
     if s.settle_due_labeled is None or s.paused or s.budget_frozen or s.retrain != RetrainStage.IDLE \
             or s.rollout != RolloutStage.STABLE or obs.labeled_total < s.settle_due_labeled:
         return
-    fresh = obs.labeled_total - (s.settle_due_labeled - tick.cfg.training.window_recent)
+    fresh = obs.labeled_total - (s.settle_due_labeled - settle_gap(tick.cfg.training))
     s.settles_left -= 1
     s.settle_due_labeled = None
     pend(tick, None, f"settle: {fresh} labeled rows since {s.champion} was promoted after a drift;"

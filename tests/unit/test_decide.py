@@ -275,13 +275,13 @@ def test_a_drift_during_an_incremental_step_queues_a_full_retrain():
     assert "retrain_started" not in kinds(d2)  # rows since the onset are counted from the next tick
 
 
-def _promote_last_step(purpose: str, labeled_total: int):
+def _promote_last_step(purpose: str, labeled_total: int, cfg=CFG):
     """A canary at its last step before 100% that the analysis promotes."""
     st = canary(step=1, retrain_purpose=purpose)
     st.gate.update(kind="full", purpose=purpose)
     stats = {"v0002": VersionStats(served=500, labeled=200, correct=190),
              "v0001": VersionStats(served=500, labeled=200, correct=188)}
-    return decide(st, Observations(step_stats=stats, labeled_total=labeled_total), CFG, 50.0)
+    return decide(st, Observations(step_stats=stats, labeled_total=labeled_total), cfg, 50.0)
 
 
 @pytest.mark.parametrize("purpose, due", [("drift", 5000 + CFG.training.window_recent), ("bootstrap", None)])
@@ -289,6 +289,14 @@ def test_promoting_a_drift_retrain_arms_one_settle_retrain(purpose, due):
     d = _promote_last_step(purpose, labeled_total=5000)
     assert "promoted" in kinds(d)
     assert d.state.settle_due_labeled == due
+
+
+def test_settle_after_rows_sets_how_soon_the_follow_up_comes():
+    cfg = CFG.with_overrides(training={"settle_after_rows": 700})
+    d = _promote_last_step("drift", labeled_total=5000, cfg=cfg)
+    assert d.state.settle_due_labeled == 5700
+    d = decide(d.state, Observations(labeled_total=5700), cfg, 90.0)
+    assert "settle: 700 labeled rows since" in d.events[0].reason
 
 
 def test_settle_retrain_starts_once_enough_fresh_rows_and_needs_a_gain():

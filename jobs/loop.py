@@ -56,13 +56,15 @@ def status_line(model: str) -> dict:
 
 def watch(model: str, interval: float, down_on_exit: bool) -> int:
     """Print a status line every ``interval`` s until a signal (0) or the controller is gone (1)."""
+    from ray.exceptions import RayError
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
         try:
             print(json.dumps(status_line(model)), flush=True)
-        except ValueError:
+        except (ValueError, RayError):
             fail(JOB, f"the controller of {model!r} is gone (`lifelong down`?); resubmit this job to start it again",
                  FAILED)
         stop.wait(interval)

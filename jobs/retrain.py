@@ -19,7 +19,6 @@ did not finish within ``--wait``.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "command" or (args.mode == "auto" and running):
         if args.since is not None or args.seed is not None:
             fail(JOB, "--since/--seed apply to --mode direct only; the controller picks its own window and seed")
-        return via_controller(cfg, args.who or getpass.getuser(), args.why, args.wait)
+        return via_controller(cfg, args.who or os.environ.get("USER") or "unknown", args.why, args.wait)
     return direct(cfg, args.since, cfg.training.seed if args.seed is None else args.seed)
 
 

@@ -609,6 +609,17 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _number_list(cast: type, example: str):
     """An argparse type: ``"3000"`` -> 3000, ``"1000,2000"`` -> [1000, 2000]."""
     def parse(text: str):
@@ -748,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--kind", action="append", type=event_kinds, metavar="K[,K...]",
                    help="only these event kinds (repeatable)")
     h.add_argument("--since", metavar="T", help="ISO-8601 time (UTC if no offset) or a span back: 30m, 1h, 2d")
-    h.add_argument("--limit", type=int, default=None, help="only the newest N events")
+    h.add_argument("--limit", type=_positive_int, default=None,
+                   help="only the newest N events")
     h.add_argument("--config", help="read the model's storage instead of asking its running controller (no Ray)")
     h.set_defaults(func=cmd_history)
     from lifelong_ray.sim.simulate import DEFAULT_N

@@ -49,6 +49,11 @@ class Storage:
         self.base = base.rstrip("/")
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def is_local(self) -> bool:
+        """True for a local directory, False for an object store URI."""
+        return self._local
+
     # -- paths ---------------------------------------------------------------
     def path(self, rel: str) -> str:
         """The filesystem path of ``rel`` (for pyarrow readers)."""

@@ -307,9 +307,10 @@ class GroupCommit:
         being written) writes its file in-line, on the event loop: with no one to share
         a file with, the hand-off to a worker thread and back is pure latency (about
         half of a small append's cost). Under concurrent load the writer is never idle
-        that long, and files are shared as above."""
-        if (self.inline_idle_s is not None and self._flusher is None and not self._queue
-                and time.monotonic() - self._idle_since >= self.inline_idle_s):
+        that long, and files are shared as above. Only on a local disk: a write to an
+        object store is a network round trip that must not hold the event loop."""
+        if (self.inline_idle_s is not None and self.logs.storage.is_local and self._flusher is None
+                and not self._queue and time.monotonic() - self._idle_since >= self.inline_idle_s):
             t = self.clock()
             try:
                 path, errors = self._write([rows_at], t)

@@ -429,9 +429,10 @@ class _Model:
             self.local = LocalVersions(Registry(self.storage, self.name).load)
 
     async def adopt(self, table: RoutingTable) -> None:
-        """Switch to ``table``; in ingress placement, load the versions it names first."""
-        if self.local is not None and table != self.table:
-            await asyncio.to_thread(self.local.sync, table)
+        """Switch to ``table``; in ingress placement, load the versions it names first (and
+        retry, every ``retry_s``, a version whose load failed)."""
+        if self.local is not None and (table != self.table or self.local.needs_sync(table)):
+            await asyncio.to_thread(self.local.sync, table, self.table)
         self.set_table(table)
 
     def set_faults(self, faults: FaultSpec | None) -> None:

@@ -60,12 +60,21 @@ class LocalVersions:
         names.update(v for v in (table.champion, table.shadow) if v)
         return sorted(names)
 
-    def sync(self, table: RoutingTable) -> list[str]:
+    def needs_sync(self, table: RoutingTable) -> bool:
+        """Whether ``table`` names a version not loaded whose (failed) load may be tried now."""
+        now = time.monotonic()
+        return any(v not in self.loaded and (v not in self.failed or now - self.failed[v][0] >= self.retry_s)
+                   for v in self.wanted(table))
+
+    def sync(self, table: RoutingTable, current: RoutingTable | None = None) -> list[str]:
         """Load what ``table`` names and is not loaded yet; evict beyond ``keep``. Blocking.
 
-        Returns the versions that are wanted but could not be loaded."""
+        ``current`` is the table requests are still routed by until ``table`` is adopted:
+        its versions are never evicted here. Returns the versions that are wanted but
+        could not be loaded."""
         with self._lock:
             want = self.wanted(table)
+            pinned = set(want) | (set(self.wanted(current)) if current is not None else set())
             now = time.monotonic()
             new = dict(self.loaded)
             missing = []
@@ -85,10 +94,11 @@ class LocalVersions:
                     logger.error("could not load version %s into the ingress: %s", v, err)
                     missing.append(v)
             self._order = [v for v in self._order if v not in want] + want
-            room = max(self.keep, len(want))
-            for v in self._order[:-room] if len(self._order) > room else []:
+            room = max(self.keep, len(pinned))
+            evict = [v for v in self._order[:-room] if v not in pinned] if len(self._order) > room else []
+            for v in evict:
                 new.pop(v, None)
-            self._order = self._order[-room:]
+            self._order = [v for v in self._order if v not in evict]
             self.loaded = new   # one atomic swap: the event loop reads self.loaded without a lock
             return missing
 

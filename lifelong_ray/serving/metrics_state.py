@@ -49,7 +49,7 @@ from lifelong_ray.config import Config
 from lifelong_ray.data.quarantine import QuarantineStore
 from lifelong_ray.events import EventKind
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
-from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, ControllerState
+from lifelong_ray.policy.model import ControllerState
 from lifelong_ray.policy.quota import DAY, HOUR
 from lifelong_ray.serving.routing import RoutingTable, read_routing
 from lifelong_ray.storage import Storage
@@ -206,13 +206,13 @@ class EventTally:
 
         new = [p for p in self.storage.list(self.prefix, suffix=".jsonl") if p not in self.seen]
         batch: list[Event] = []
-        for path in new:
+        for path in new:  # parse every new file first: a failure leaves all of them unread
             for line in self.storage.read_bytes(path).decode().splitlines():
                 if line.strip():
                     batch.append(Event.model_validate_json(line))
-            self.seen.add(path)
         for ev in sorted(batch, key=lambda e: e.t):
             self._add(ev)
+        self.seen.update(new)
 
     def _add(self, ev: Any) -> None:
         self.events[ev.kind.value] += 1
@@ -260,14 +260,9 @@ class _Families:
 
 def read_state(storage: Storage, model: str) -> ControllerState | None:
     """The persisted controller state (None before the controller's first save)."""
-    path = f"models/{model}/controller/state.json"
-    if not storage.exists(path):
-        return None
-    data = storage.read_json(path)
-    if data.get("schema_version") != STATE_SCHEMA_VERSION:
-        raise RuntimeError(f"{path} has schema_version {data.get('schema_version')}, this code reads "
-                           f"{STATE_SCHEMA_VERSION}")
-    return ControllerState.model_validate(data)
+    from lifelong_ray.control.controller import load_state
+
+    return load_state(storage, model)
 
 
 def live_versions(state: ControllerState | None, table: RoutingTable | None) -> set[str]:

@@ -474,7 +474,8 @@ def _cards(view: ModelView, now: float) -> str:
         budget.append(_badge("burning", "#e8590c"))
     elif b:
         budget.append(_badge("ok", "#2b8a3e"))
-    for sli, s in sorted((b.get("slis") or {}).items()):
+    slis = b.get("slis")
+    for sli, s in sorted((slis if isinstance(slis, dict) else {}).items()):
         rem = s.get("remaining") if isinstance(s, dict) else None
         frac = min(1.0, max(0.0, float(rem))) if isinstance(rem, (int, float)) and math.isfinite(rem) else 0.0
         colour = "#2b8a3e" if frac > 0.5 else ("#f08c00" if frac > 0.2 else "#c92a2a")

@@ -186,17 +186,19 @@ def tune_trained(table: pa.Table, transform: FeatureTransform, cfg: Config, seed
     x = transform.apply(columns_from_table(table, schema))
     y = class_indices(table.column(LABEL).to_numpy(zero_copy_only=False), classes)
     run_name = name or f"{cfg.model.name}-tune-{uuid.uuid4().hex[:8]}"
-    best, rows = run_trials(x, y, cfg, seed, run_name)
-    if best.checkpoint is None:
-        raise RuntimeError(f"the best Tune trial of {run_name} has no checkpoint")
-    with best.checkpoint.as_directory() as d:
-        state = load_file(os.path.join(d, WEIGHTS_FILE))
+    try:
+        best, rows = run_trials(x, y, cfg, seed, run_name)
+        if best.checkpoint is None:
+            raise RuntimeError(f"the best Tune trial of {run_name} has no checkpoint")
+        with best.checkpoint.as_directory() as d:
+            state = load_file(os.path.join(d, WEIGHTS_FILE))
+    finally:  # a failed search leaves no run dir behind either
+        try:
+            Storage(cfg.storage.root).delete_dir(f"ray_tune/{run_name}")
+        except OSError as err:  # pragma: no cover - best effort
+            log.warning("could not remove Tune run dir %s: %s", run_name, err)
     est = trial_estimator(cfg.estimator, best.config)
     seconds = time.perf_counter() - start
-    try:
-        Storage(cfg.storage.root).delete_dir(f"ray_tune/{run_name}")
-    except OSError as err:  # pragma: no cover - best effort
-        log.warning("could not remove Tune run dir %s: %s", run_name, err)
     tc = cfg.training.tune
     best_row = {"config": dict(best.config), **{m: best.metrics.get(m) for m in METRICS}}
     log.info("tune %s: %d trials, best %s=%.4f with %s", run_name, len(rows), tc.metric,

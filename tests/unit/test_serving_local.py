@@ -62,3 +62,24 @@ def test_keeps_recent_versions_for_an_instant_rollback_and_evicts_beyond_keep(re
     assert sorted(local.loaded) == ["v0002", "v0003", "v0004"]
     local.sync(_table({"v0001": 50, "v0002": 25, "v0005": 25}))
     assert {"v0001", "v0002", "v0005"} <= set(local.loaded) and len(local.loaded) == 3
+
+
+def test_needs_sync_retries_a_failed_load_only_after_retry_s(reg, versions):
+    local = LocalVersions(reg.load, retry_s=3600)
+    table = _table({"v0001": 100})
+    assert local.needs_sync(table)
+    local.failed["v0001"] = (0.0, "OSError: storage blip")   # long ago: due again
+    assert local.needs_sync(table)
+    local.sync(table)
+    assert not local.needs_sync(table) and "v0001" in local.loaded and "v0001" not in local.failed
+
+
+def test_the_versions_of_the_table_still_in_use_are_not_evicted_before_the_new_one_is_adopted(reg, versions):
+    local = LocalVersions(reg.load, keep=2)
+    old = _table({"v0001": 50, "v0002": 50})
+    local.sync(old)
+    new = _table({"v0003": 50, "v0004": 50})
+    local.sync(new, current=old)
+    assert {"v0001", "v0002", "v0003", "v0004"} <= set(local.loaded)   # old still routable
+    local.sync(new, current=new)
+    assert sorted(local.loaded) == ["v0003", "v0004"]

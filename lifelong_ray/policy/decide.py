@@ -90,7 +90,7 @@ def _take_retrain_outcome(tick: Tick, obs: Observations) -> None:
     s.retrain = transition(s.retrain, RetrainStage.IDLE)
     if s.retrain_kind != "online":  # cooldown and quota meter full retrains; incremental steps are cheap
         s.last_retrain_finished_t = tick.now
-        record_usage(tick, out.train_seconds)
+        record_usage(tick, out.train_seconds, out.cpu_seconds)
     if out.status != "ok" or out.version is None:
         # Re-arm the monitors: a drift that persists is detected again and retried
         # (after the cooldown, within the quota) instead of being forgotten.

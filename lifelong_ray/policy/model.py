@@ -214,6 +214,9 @@ class RetrainOutcome(BaseModel):
     holdout_rows: int = 0
     train_rows: int = 0
     train_seconds: float = 0.0
+    # CPU-seconds the job really used when it says so (a Ray Tune search: its trials);
+    # None: train_seconds x workers x CPUs per worker
+    cpu_seconds: float | None = None
     runner: str = ""
     error: str | None = None
     # accuracy on a holdout of the replay reservoir (past concepts): the forgetting check

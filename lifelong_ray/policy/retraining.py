@@ -156,12 +156,14 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
               s.champion, job_id=s.retrain_job_id, since_t=s.retrain_since_t, purpose=s.retrain_purpose)
 
 
-def record_usage(tick: Tick, train_seconds: float) -> None:
-    """Charge a finished full retrain's compute to its record (the daily CPU/GPU quotas)."""
+def record_usage(tick: Tick, train_seconds: float, cpu_seconds: float | None = None) -> None:
+    """Charge a finished full retrain's compute to its record (the daily CPU/GPU quotas):
+    the CPU-seconds the job measured (a Tune search: the sum over its trials), else its
+    train seconds x workers x CPUs per worker."""
     s, tc = tick.s, tick.cfg.training
     if not s.retrain_history:
         return
-    cpu = train_seconds * tc.num_workers * tc.cpus_per_worker
+    cpu = cpu_seconds if cpu_seconds is not None else train_seconds * tc.num_workers * tc.cpus_per_worker
     gpu = train_seconds * tc.num_workers if tc.use_gpu else 0.0
     s.retrain_history[-1] = s.retrain_history[-1].model_copy(update={"cpu_seconds": cpu, "gpu_seconds": gpu})
 

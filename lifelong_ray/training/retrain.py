@@ -61,6 +61,7 @@ class RetrainResult:
     replay_candidate_accuracy: float | None = None
     replay_champion_accuracy: float | None = None
     replay_rows: int = 0
+    cpu_seconds: float | None = None  # measured by the job (Tune: its trials); None: derive from train_seconds
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +94,7 @@ def _result_from_version(reg: Any, version: str, job_id: str, champion: str | No
         replay_rows=int(window.get("replay_holdout_rows", 0)),
         holdout_rows=int(window.get("holdout_rows", 0)), train_rows=int(window.get("rows", 0)),
         train_seconds=float(meta.get("train_seconds", 0.0)), runner=str(meta.get("runner", "")),
+        cpu_seconds=meta.get("cpu_seconds"),
         error=None, finished_at=now, champion=meta.get("parent", champion), reused=True,
         warnings=list(meta.get("warnings", [])),
     )
@@ -201,6 +203,7 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
         "runner": trained.runner,
         "kind": kind,
         "train_seconds": trained.train_seconds,
+        "cpu_seconds": trained.metrics.get("cpu_seconds"),
         "reference_accuracy": cand_acc,
         "warnings": warnings,
     }
@@ -212,7 +215,8 @@ def train_and_register(cfg: Config, reg: Any, window: Any, *, job_id: str, champ
     return RetrainResult(
         job_id=job_id, status=STATUS_OK, version=version, candidate_accuracy=cand_acc,
         champion_accuracy=champ_acc, holdout_rows=window.holdout_rows, train_rows=window.rows,
-        train_seconds=trained.train_seconds, runner=trained.runner, error=None, finished_at=time.time(),
+        train_seconds=trained.train_seconds, cpu_seconds=trained.metrics.get("cpu_seconds"),
+        runner=trained.runner, error=None, finished_at=time.time(),
         champion=champion, warnings=warnings, replay_candidate_accuracy=replay_cand,
         replay_champion_accuracy=replay_champ, replay_rows=replay_rows,
     )

@@ -203,8 +203,10 @@ def tune_trained(table: pa.Table, transform: FeatureTransform, cfg: Config, seed
     best_row = {"config": dict(best.config), **{m: best.metrics.get(m) for m in METRICS}}
     log.info("tune %s: %d trials, best %s=%.4f with %s", run_name, len(rows), tc.metric,
              best.metrics[tc.metric], best.config)
+    # the quota is charged with what the trials used, not with the search's wall time
+    cpu_seconds = sum(float(r.get("train_seconds") or 0.0) for r in rows) * tc.cpus_per_trial
     metrics = {"train_loss": float(best.metrics.get("train_loss", float("nan"))), "losses": [],
-               "epochs": est.epochs, "rows": table.num_rows, "total_seconds": seconds,
+               "epochs": est.epochs, "rows": table.num_rows, "total_seconds": seconds, "cpu_seconds": cpu_seconds,
                "tune": {"run": run_name, "metric": tc.metric, "mode": tc.mode, "trials": rows, "best": best_row}}
     return TrainedModel(state_dict=state, transform=transform, n_in=transform.n_out, classes=classes,
                         train_seconds=seconds, runner="tune", metrics=metrics, estimator=est)

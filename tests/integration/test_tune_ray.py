@@ -71,6 +71,9 @@ def test_three_trials_and_the_best_becomes_the_candidate(ray_session, tmp_path):
     tune_meta = meta["tune"]
     rows = tune_meta["trials"]
     assert len(rows) == 3 and all(r["error"] is None for r in rows)
+    # the quota is charged with the trials' CPU-seconds, not the search's wall time
+    trial_cpu = sum(r["train_seconds"] for r in rows) * cfg.training.tune.cpus_per_trial
+    assert res.cpu_seconds == pytest.approx(trial_cpu) and meta["cpu_seconds"] == pytest.approx(trial_cpu)
     assert sorted(r["config"]["lr"] for r in rows) == LRS
     accs = [r["val_accuracy"] for r in rows]
     assert max(accs) > min(accs) + 0.05  # lr 1e-5 barely moves in 8 epochs: the search matters

@@ -268,6 +268,17 @@ def test_quota_defers_a_retrain_says_when_and_runs_it_then():
     assert kinds(later) == ["retrain_started"] and later.state.retrain_purpose == "operator"
 
 
+@pytest.mark.parametrize("measured, charged", [(None, 2.0 * 2 * 1.5), (37.0, 37.0)])
+def test_a_finished_retrain_is_charged_what_it_measured_else_seconds_x_workers_x_cpus(measured, charged):
+    from lifelong_ray.policy.quota import RetrainRecord
+
+    c = parse_config({**BASE, "training": {"min_rows": 100, "num_workers": 2, "cpus_per_worker": 1.5}})
+    st = running().model_copy(update={"retrain_history": [RetrainRecord(start_t=5.0)]})
+    out = OUT.model_copy(update={"cpu_seconds": measured})   # a Tune search reports its trials' CPU-seconds
+    d = step(st, c, 10.0, retrain_outcome=out)
+    assert d.state.retrain_history[-1].cpu_seconds == pytest.approx(charged)
+
+
 def test_the_queue_runs_the_most_urgent_request_first_and_one_retrain_answers_all():
     c = parse_config({**BASE, "quota": {"allowed_hours": [22]}})  # t=1000 is 00:16 UTC: outside
     st = ControllerState(model="m", champion="v0001", weights={"v0001": 100.0})

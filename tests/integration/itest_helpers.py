@@ -23,6 +23,17 @@ def eventually(pred: Callable[[], Any], timeout: float = 30.0, every: float = 0.
         time.sleep(every)
 
 
+def wait_for_generation(base: str, model: str, generation: int, timeout: float = 30.0) -> None:
+    """Wait until the ingress at ``base`` routes ``model`` by routing-table ``generation``.
+
+    The ingress re-reads ``faults.json`` right after the table, in the same poll: write faults
+    before the table and they are in force too, after a short grace for that second read."""
+    ok = eventually(lambda: requests.get(f"{base}/v1/models/{model}", timeout=5)
+                    .json()["routing"]["generation"] >= generation, timeout)
+    assert ok, f"the ingress did not load routing generation {generation} of {model} within {timeout:.0f}s"
+    time.sleep(0.3)
+
+
 def register_untrained(cfg, cols: dict[str, np.ndarray], seed: int = 0, metadata: dict | None = None) -> str:
     """Register a randomly initialised ``cfg.estimator`` whose transform is fitted on ``cols``."""
     import torch

@@ -139,7 +139,7 @@ def test_up_status_history_down_on_a_fresh_ray(fresh_ray, tmp_path):
             assert st.returncode == 0, st.stderr[-3000:]
             doc = json.loads(st.stdout)
             return doc if doc["models"][0]["controller"]["ticks"] else None
-        doc = _wait(live_status, 60, "the controller's first tick")
+        doc = _wait(live_status, 180, "the controller's first tick")
         assert doc["format"] == 1 and set(doc) == {"format", "generated_at", "generated_time", "models"}
         (model,) = doc["models"]
         assert (model["model"], model["champion"], model["stage"], model["paused"], model["versions"]) == \
@@ -154,7 +154,7 @@ def test_up_status_history_down_on_a_fresh_ray(fresh_ray, tmp_path):
             h = lifelong("history", "demo", "--json", "--kind", "paused", "--since", "10m")
             assert h.returncode == 0, h.stderr[-3000:]
             return json.loads(h.stdout) or None
-        (event,) = _wait(paused_events, 60, "the paused event")
+        (event,) = _wait(paused_events, 180, "the paused event")
         assert event["kind"] == "paused" and event["data"]["who"] == "tester"
         assert "cli integration test" in event["reason"]
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from itest_helpers import eventually as _eventually
-from itest_helpers import register_untrained
+from itest_helpers import register_untrained, wait_for_generation
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,9 @@ def _table(app, kind: str) -> pa.Table:
 def _route(app, weights: dict, champion: str) -> None:
     from lifelong_ray.serving.routing import read_routing, write_routing
 
-    write_routing(app["storage"], read_routing(app["storage"], MODEL).next(weights=weights, champion=champion))
+    table = read_routing(app["storage"], MODEL).next(weights=weights, champion=champion)
+    write_routing(app["storage"], table)
+    wait_for_generation(app["base"], MODEL, table.generation)
 
 
 def _metric(app, name: str, **labels) -> float:
@@ -291,8 +293,8 @@ def test_injected_abort_and_delay(app):
     from lifelong_ray.serving.faults import clear_faults, write_faults
 
     v1, v2 = app["v1"], app["v2"]
-    _route(app, {v2: 100}, champion=v1)
     write_faults(app["storage"], MODEL, {v2: {"abort_fraction": 1.0}, v1: {"delay_ms": 300}})
+    _route(app, {v2: 100}, champion=v1)  # after the faults: the ingress reads them with this table
     try:
         time.sleep(0.6)
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from itest_helpers import wait_for_generation
 from test_serving_http import _train_and_register, _wait_for, _wait_http
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,9 @@ def _predict(served, n=1):
 def _route(served, weights, champion="v0001"):
     from lifelong_ray.serving.routing import read_routing, write_routing
 
-    write_routing(served["storage"], read_routing(served["storage"], MODEL).next(weights=weights, champion=champion))
+    table = read_routing(served["storage"], MODEL).next(weights=weights, champion=champion)
+    write_routing(served["storage"], table)
+    wait_for_generation(served["base"], MODEL, table.generation)
 
 
 def _answers(served, n=60) -> dict[str, int]:

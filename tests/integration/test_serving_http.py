@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
+from itest_helpers import wait_for_generation
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +114,9 @@ def _wait_http(base: str, timeout: float = 60.0) -> None:
 def _route(served, weights, champion="v0001", **extra) -> None:
     from lifelong_ray.serving.routing import read_routing, write_routing
 
-    old = read_routing(served["storage"], MODEL)
-    write_routing(served["storage"], old.next(weights=weights, champion=champion, **extra))
+    table = read_routing(served["storage"], MODEL).next(weights=weights, champion=champion, **extra)
+    write_routing(served["storage"], table)
+    wait_for_generation(served["base"], MODEL, table.generation)
 
 
 def _row(x0=5.0, x1=0.0, c="a"):

@@ -5,7 +5,8 @@
 ``--mode auto`` (the default) asks the model's controller when one runs on this Ray:
 it writes the operator ``retrain`` command (exactly what ``lifelong retrain MODEL`` does),
 so the controller's quota, gate and canary apply and the audit log records who and why;
-``--wait S`` then follows the audit log until the retrain finishes or fails. Without a
+``--wait S`` then follows the audit log until the retrain that answers this command (its
+``retrain_started`` lists the command id) finishes or fails. Without a
 controller (or with ``--mode direct``) it runs the controller's own retrain task
 (:data:`lifelong_ray.training.retrain.retrain_task`: Ray Data window → Ray Train, or Ray
 Tune with ``training.tune.enabled`` → evaluation against the champion → registry) and
@@ -59,6 +60,25 @@ def controller_running(model: str) -> bool:
     return True
 
 
+def command_outcome(events, command_id: str):
+    """The event that ends operator command ``command_id``'s retrain, or None while it runs:
+    its rejection, or the ``retrain_finished``/``retrain_failed`` of the job whose
+    ``retrain_started`` lists it (one retrain may answer several queued requests)."""
+    from lifelong_ray.events import EventKind
+
+    job_id = None
+    for ev in events:
+        data = ev.data or {}
+        if ev.kind == EventKind.COMMAND_REJECTED and data.get("command_id") == command_id:
+            return ev
+        if ev.kind == EventKind.RETRAIN_STARTED and command_id in data.get("command_ids", ()):
+            job_id = data.get("job_id")
+        elif job_id is not None and data.get("job_id") == job_id and \
+                ev.kind in (EventKind.RETRAIN_FINISHED, EventKind.RETRAIN_FAILED):
+            return ev
+    return None
+
+
 def via_controller(cfg, who: str, why: str, wait: float) -> int:
     """Queue the operator ``retrain`` command; optionally wait for its outcome in the audit log."""
     from lifelong_ray.control.commands import submit_command
@@ -71,13 +91,11 @@ def via_controller(cfg, who: str, why: str, wait: float) -> int:
     if wait <= 0:
         print(json.dumps({**out, "status": "queued"}))
         return 0
-    ends = {EventKind.RETRAIN_FINISHED, EventKind.RETRAIN_FAILED, EventKind.COMMAND_REJECTED}
     audit = AuditLog(storage, cfg.model.name)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        for ev in audit.read(kinds=ends, since=cmd.t):
-            if ev.kind == EventKind.COMMAND_REJECTED and (ev.data or {}).get("command_id") not in (None, cmd.id):
-                continue
+        ev = command_outcome(audit.read(since=cmd.t), cmd.id)
+        if ev is not None:
             print(json.dumps({**out, "status": ev.kind.value, "version": ev.version, "reason": ev.reason}))
             return 0 if ev.kind == EventKind.RETRAIN_FINISHED else FAILED
         time.sleep(1.0)

@@ -174,6 +174,7 @@ class RetrainRequest(_Frozen):
     impact: float = Field(default=0.0, ge=0)
     urgent: bool = False
     purpose: str = "drift"  # bootstrap | drift | settle | operator: what the retrain is for (the gate uses it)
+    command_ids: list[str] = Field(default_factory=list)  # operator commands this request answers
 
 
 def impact_score(*, accuracy_drop: float | None = None, max_psi: float | None = None,
@@ -209,8 +210,9 @@ def push(queue: list[RetrainRequest], request: RetrainRequest) -> list[RetrainRe
     old = next((r for r in queue if r.kind == request.kind), None)
     if old is not None:
         since = None if old.since_t is None or request.since_t is None else min(old.since_t, request.since_t)
+        ids = old.command_ids + [i for i in request.command_ids if i not in old.command_ids]
         request = request.model_copy(update={"requested_t": min(old.requested_t, request.requested_t),
-                                              "since_t": since})
+                                              "since_t": since, "command_ids": ids})
     return sorted([r for r in queue if r.kind != request.kind] + [request], key=_priority)
 
 

@@ -53,12 +53,17 @@ def request_retrain(tick: Tick, since_t: float | None, reason: str, purpose: str
 
 
 def pend(tick: Tick, since_t: float | None, reason: str, announce: bool = True, purpose: str = "drift",
-         urgent: bool = True, kind: str | None = None, impact: float = 0.0, **data: object) -> None:
+         urgent: bool = True, kind: str | None = None, impact: float = 0.0, command_id: str | None = None,
+         **data: object) -> None:
     """Queue a retrain request (one per kind, highest priority first); the queue's
-    head is what the pending retrain will train on and why."""
+    head is what the pending retrain will train on and why. ``command_id``: the
+    operator command asking for it (the ``retrain_started`` event that answers it lists it)."""
     s = tick.s
     req = RetrainRequest(kind=kind or purpose, reason=reason, requested_t=tick.now, since_t=since_t,
-                         impact=impact, urgent=urgent, purpose=purpose)
+                         impact=impact, urgent=urgent, purpose=purpose,
+                         command_ids=[command_id] if command_id else [])
+    if command_id:
+        data["command_id"] = command_id
     s.retrain_queue = push(s.retrain_queue, req)
     if s.retrain == RetrainStage.IDLE:
         s.retrain = transition(s.retrain, RetrainStage.PENDING)
@@ -140,6 +145,7 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
                                      f" {available}/{cfg.training.min_rows}")
         return
     covered = len(s.retrain_queue) - 1
+    command_ids = [i for r in s.retrain_queue for i in r.command_ids]
     s.retrain_queue = []  # one retrain on the newest rows answers every queued request
     s.retrain = transition(s.retrain, RetrainStage.RUNNING)
     s.retrain_count += 1
@@ -153,7 +159,8 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
     also = f" (also answers {covered} other queued request{'s' if covered > 1 else ''})" if covered > 0 else ""
     tick.emit(EventKind.RETRAIN_STARTED,
               f"job {s.retrain_job_id}: {s.retrain_reason}; {available} labeled rows in the window{also}",
-              s.champion, job_id=s.retrain_job_id, since_t=s.retrain_since_t, purpose=s.retrain_purpose)
+              s.champion, job_id=s.retrain_job_id, since_t=s.retrain_since_t, purpose=s.retrain_purpose,
+              command_ids=command_ids)
 
 
 def record_usage(tick: Tick, train_seconds: float, cpu_seconds: float | None = None) -> None:

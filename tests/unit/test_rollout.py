@@ -264,8 +264,13 @@ def test_quota_defers_a_retrain_says_when_and_runs_it_then():
     deferred = d.events[-1]
     assert "1/1 retrains in the last hour" in deferred.reason and deferred.data["retry_at"] == pytest.approx(4600.0)
     assert kinds(step(d.state, c, 3000.0, labeled_total=5000)) == []  # still blocked: said once
-    later = step(d.state, c, 4600.0, labeled_total=5000)
+    again = step(d.state, c, 3500.0, labeled_total=5000, commands=[cmd("retrain", who="bob")])
+    assert kinds(again) == ["retrain_requested", "retrain_deferred"]  # merged into the queued request
+    assert again.events[0].data["command_id"] == "retrain-None-bob"
+    later = step(again.state, c, 4600.0, labeled_total=5000)
     assert kinds(later) == ["retrain_started"] and later.state.retrain_purpose == "operator"
+    # the one retrain answers both commands: `jobs/retrain.py --wait` follows its command by id
+    assert later.events[0].data["command_ids"] == ["retrain-None-ana", "retrain-None-bob"]
 
 
 @pytest.mark.parametrize("measured, charged", [(None, 2.0 * 2 * 1.5), (37.0, 37.0)])

@@ -19,9 +19,10 @@ day's partition, so windows and retention see them at their historical time. Wit
 ``data.replay_capacity`` > 0 the replay reservoir is then fed the new rows; ``--window``
 builds the training window the next retrain would use and prints its summary.
 
-The last stdout line is JSON: totals, one report per day, and the window. Rows with a
-``request_id`` count once in a window (the latest label wins), so re-running a backfill
-of a log is harmless; rows without one get fresh ids each run. ``--dry-run`` validates
+The last stdout line is JSON: totals, one report per day, and the window. Rows count
+once in a window by ``request_id`` (the latest label wins); a row without one gets an id
+from its time, features and label (:func:`content_ids`), so re-running a backfill is
+harmless with either layout. ``--dry-run`` validates
 and reports without writing. Exit status: 0 done, 2 bad input (no such source, columns
 that do not match the config), 1 the backfill failed or nothing was accepted.
 """
@@ -79,6 +80,24 @@ def plan_columns(names: list[str], cfg: Any, label: str | None, time_column: str
     return label, drop, "labeled-log" if is_log else "batch"
 
 
+def content_ids(batch: Any, columns: list[str]) -> Any:
+    """A ``request_id`` for rows that have none, from their content (time, features, label):
+    re-running a backfill gives every row the same id again, so a window counts it once
+    (identical rows, same time and values, count once too).
+
+    >>> import pyarrow as pa
+    >>> ids = content_ids(pa.table({"x": [1.0, 1.0, 2.0], "t": [5.0, 5.0, 5.0]}), ["x", "t"]).to_pylist()
+    >>> ids[0] == ids[1] != ids[2], ids[0].startswith("backfill-"), len(ids[0])
+    (True, True, 25)
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    hashes = pd.util.hash_pandas_object(batch.select(columns).to_pandas(), index=False).to_numpy(np.uint64)
+    return pa.array([f"backfill-{h:016x}" for h in hashes.tolist()], pa.string())
+
+
 def mark_udf(batch: Any, spec_json: dict, label: str, time_column: str, drop: list[str]) -> Any:
     """Ray Data UDF: drop log-only columns, name the time column ``t``, mark each row's first
     broken rule (:func:`~lifelong_ray.data.ingest.mark_rows`); a null time is ``t:null``."""
@@ -93,7 +112,10 @@ def mark_udf(batch: Any, spec_json: dict, label: str, time_column: str, drop: li
     batch = batch.drop_columns(drop)
     if time_column != "t":
         batch = batch.rename_columns(["t" if c == time_column else c for c in batch.column_names])
-    marked = mark_rows(batch, ModelSpec.model_validate(spec_json), label)
+    spec = ModelSpec.model_validate(spec_json)
+    if "request_id" not in batch.column_names:
+        batch = batch.append_column("request_id", content_ids(batch, [f.name for f in spec.features] + [label, "t"]))
+    marked = mark_rows(batch, spec, label)
     t = batch.column("t").cast(pa.float64())
     no_time = np.asarray(pc.is_null(t).to_numpy(zero_copy_only=False), dtype=bool)
     reasons = np.asarray(marked.column(ROW_REASON).to_pylist(), dtype=object)

@@ -12,10 +12,13 @@ SOURCE is a parquet file or a directory of them (read recursively with Ray Data,
 
 Rows are validated in Ray Data ``map_batches`` against the config's contract
 (:func:`lifelong_ray.data.ingest.mark_rows`); a row without a time is invalid
-(``t:null``). Then, per UTC day of the rows' own ``t`` (oldest first), the ingest path
+(``t:null``). The marked rows are streamed to the driver and gathered per UTC day of
+their own ``t`` in chunks of up to ``--chunk-rows`` (:func:`day_chunks`: the driver never
+holds the whole source); for each chunk the ingest path
 (:func:`lifelong_ray.data.ingest.ingest_marked`) quarantines the failing rows, guards the
 rest against the history written so far and appends them to the labeled log in that
-day's partition, so windows and retention see them at their historical time. With
+day's partition, so windows and retention see them at their historical time. A source
+in time order (e.g. ``date=`` folders) is written in time order. With
 ``data.replay_capacity`` > 0 the replay reservoir is then fed the new rows; ``--window``
 builds the training window the next retrain would use and prints its summary.
 
@@ -36,7 +39,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import FAILED, JobInputError, connect, fail, load  # noqa: E402
@@ -44,6 +47,8 @@ from _common import FAILED, JobInputError, connect, fail, load  # noqa: E402
 JOB = "backfill.py"
 #: Labeled-log columns dropped before validation (recomputed or meaningless for a backfill).
 LOG_ONLY = ("t_label", "version", "prediction")
+#: rows of one day written at once: the driver holds at most about twice this many
+CHUNK_ROWS = 200_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-column", default="t", help="row time column, unix seconds (default t)")
     p.add_argument("--dry-run", action="store_true", help="validate and report; write nothing")
     p.add_argument("--window", action="store_true", help="then build the next training window and report it")
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+                   help=f"rows of one day written at once; the driver holds about twice this (default {CHUNK_ROWS})")
     return p
 
 
@@ -123,17 +130,73 @@ def mark_udf(batch: Any, spec_json: dict, label: str, time_column: str, drop: li
     return marked.set_column(marked.column_names.index(ROW_REASON), ROW_REASON, pa.array(reasons, pa.string()))
 
 
-def backfill(cfg: Any, source: str, *, label: str | None = None, time_column: str = "t",
-             dry_run: bool = False, now: float | None = None) -> dict[str, Any]:
-    """Validate ``source`` with Ray Data and write it, day by day, through the ingest path."""
+def day_chunks(batches: Iterable[Any], now: float, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, Any]]:
+    """``(day, rows)`` from a stream of marked batches: each batch's rows by UTC day of
+    their ``t`` (a null ``t`` counts as ``now``), gathered up to ``chunk_rows`` per day.
+    A day is written when it holds ``chunk_rows`` rows; when all days together hold twice
+    that, every day is written, oldest first; the rest at the end. So the driver holds at
+    most about ``2 * chunk_rows`` rows plus one batch, and a source in time order is
+    written in time order, in chunks large enough for the guard to judge.
+
+    >>> import pyarrow as pa
+    >>> jan1, day = 1_767_225_600.0, 86_400.0
+    >>> stream = [pa.table({"t": [jan1, jan1 + 1, jan1 + day]}),
+    ...           pa.table({"t": [jan1 + day + 1, None, jan1 + 2 * day]})]
+    >>> [(d, rows.num_rows) for d, rows in day_chunks(stream, now=jan1 + 2 * day, chunk_rows=2)]
+    [('2026-01-01', 2), ('2026-01-02', 2), ('2026-01-03', 2)]
+    """
     import numpy as np
+    import pyarrow as pa
+
+    from lifelong_ray.data.logs import day_of
+
+    buffers: dict[str, list[Any]] = {}
+    held: Counter[str] = Counter()
+
+    def flush(day: str) -> tuple[str, Any]:
+        held.pop(day)
+        return day, pa.concat_tables(buffers.pop(day))
+
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        t = batch.column("t").cast(pa.float64()).to_numpy(zero_copy_only=False)
+        days = np.array([day_of(v) for v in np.where(np.isnan(t), now, t)])
+        for day in sorted(set(days.tolist())):
+            part = batch.filter(pa.array(days == day))
+            buffers.setdefault(day, []).append(part)
+            held[day] += part.num_rows
+            if held[day] >= chunk_rows:
+                yield flush(day)
+        if sum(held.values()) >= 2 * chunk_rows:
+            for day in sorted(buffers):
+                yield flush(day)
+    for day in sorted(buffers):
+        yield flush(day)
+
+
+def merge_report(total: dict[str, Any], rep: Any) -> None:
+    """Add one chunk's :class:`~lifelong_ray.data.ingest.IngestReport` to its day's report."""
+    for key in ("received", "accepted", "quarantined"):
+        total[key] = total.get(key, 0) + getattr(rep, key)
+    reasons = total.setdefault("reasons", {})
+    for reason, n in rep.reasons.items():
+        reasons[reason] = reasons.get(reason, 0) + n
+    total.setdefault("quarantine_ids", []).extend(rep.quarantine_ids)
+    total.setdefault("paths", []).extend([rep.path] if rep.path else [])
+    total.setdefault("batch_reasons", []).extend([rep.batch_reason] if rep.batch_reason else [])
+    total["balanced"] = total["received"] == total["accepted"] + total["quarantined"]
+
+
+def backfill(cfg: Any, source: str, *, label: str | None = None, time_column: str = "t",
+             dry_run: bool = False, now: float | None = None, chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
+    """Validate ``source`` with Ray Data and write it, day by day, through the ingest path;
+    the source is streamed (:func:`day_chunks`), never held whole on the driver."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from lifelong_ray.data.ingest import ingest_marked, schema_problems
-    from lifelong_ray.data.logs import day_of
     from lifelong_ray.data.quarantine import ROW_REASON
-    from lifelong_ray.data.window import dataset_to_arrow
     from lifelong_ray.storage import Storage
 
     ds = read_source(source)
@@ -145,34 +208,34 @@ def backfill(cfg: Any, source: str, *, label: str | None = None, time_column: st
     problems = schema_problems(kept, cfg.model, label)
     if problems:
         raise JobInputError(f"{source} does not match the config of {cfg.model.name!r}: {'; '.join(problems)}")
-    marked = dataset_to_arrow(ds.map_batches(
+    marked = ds.map_batches(
         mark_udf, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"spec_json": cfg.model.model_dump(mode="json"), "label": label, "time_column": time_column,
-                   "drop": drop}))
-    out: dict[str, Any] = {"source": source, "layout": layout, "label": label, "received": marked.num_rows,
+                   "drop": drop})
+    batches = marked.iter_batches(batch_format="pyarrow", batch_size=None)  # streamed: never the whole source
+    out: dict[str, Any] = {"source": source, "layout": layout, "label": label, "received": 0,
                            "accepted": 0, "quarantined": 0, "days": []}
-    if marked.num_rows == 0:
-        return out
-    reasons = marked.column(ROW_REASON)
     if dry_run:
-        counts = Counter(r for r in reasons.to_pylist() if r is not None)
-        out.update(valid=marked.num_rows - sum(counts.values()), invalid=dict(sorted(counts.items())))
+        counts: Counter[str] = Counter()
+        for batch in batches:
+            out["received"] += batch.num_rows
+            counts.update(r for r in batch.column(ROW_REASON).to_pylist() if r is not None)
+        out.update(valid=out["received"] - sum(counts.values()), invalid=dict(sorted(counts.items())))
         return out
     storage = Storage(cfg.storage.root)
     now = time.time() if now is None else now
-    t = marked.column("t").cast(pa.float64()).to_numpy(zero_copy_only=False)
-    t = np.where(np.isnan(t), now, t)  # t:null rows are quarantined now, not filed under a day
-    days = np.array([day_of(v) for v in t])
-    for day in sorted(set(days.tolist())):
-        part = marked.filter(pa.array(days == day))
+    days: dict[str, dict[str, Any]] = {}
+    for day, part in day_chunks(batches, now, chunk_rows):
         part_t = pc.max(part.column("t").cast(pa.float64())).as_py()
         rep = ingest_marked(storage, cfg, part, float(part_t if part_t is not None else now), label=label,
                             source=f"backfill:{Path(source).name}:{day}")
         if not rep.balanced:  # an invariant, not an input error
             raise AssertionError(f"backfill lost rows on {day}: {rep}")
+        merge_report(days.setdefault(day, {"day": day}), rep)
+        out["received"] += rep.received
         out["accepted"] += rep.accepted
         out["quarantined"] += rep.quarantined
-        out["days"].append({"day": day, **rep.to_json()})
+    out["days"] = [days[d] for d in sorted(days)]
     if cfg.data.replay_capacity > 0:
         from lifelong_ray.data.replay import refresh_reservoir
 
@@ -192,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         if source.is_dir() and not any(source.rglob("*.parquet")) and not any(source.rglob("*.pq")):
             raise JobInputError(f"{args.source} holds no .parquet files")
         connect()
+        if args.chunk_rows < 1:
+            raise JobInputError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
         out = backfill(cfg, str(source.resolve()), label=args.label, time_column=args.time_column,
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, chunk_rows=args.chunk_rows)
     except JobInputError as err:
         fail(JOB, str(err))
     if args.window and not args.dry_run:

@@ -42,9 +42,11 @@ def test_backfill_files_days_quarantines_bad_rows_and_a_rerun_counts_once(ray_se
     pq.write_table(table.slice(0, 400), src / "part-0.parquet")
     pq.write_table(table.slice(400), src / "part-1.parquet")
 
-    out = backfill_job.backfill(cfg, str(src), now=DAY2 + 86_400)
+    # small chunks: a day's rows arrive in more than one chunk, and its report adds them up
+    out = backfill_job.backfill(cfg, str(src), now=DAY2 + 86_400, chunk_rows=250)
     assert (out["layout"], out["received"], out["accepted"], out["quarantined"]) == ("batch", N + 2, N, 2)
-    assert [d["day"] for d in out["days"]] == ["2026-01-01", "2026-01-02"]
+    assert [(d["day"], d["received"], d["accepted"], d["balanced"]) for d in out["days"]] == \
+        [("2026-01-01", N // 2 + 2, N // 2, True), ("2026-01-02", N // 2, N // 2, True)]
     storage = Storage(cfg.storage.root)
     days = {p.split("date=")[1].split("/")[0] for p in storage.list("models/bf/labeled", suffix=".parquet")}
     assert days == {"2026-01-01", "2026-01-02"}  # filed at the rows' own time

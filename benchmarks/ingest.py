@@ -11,13 +11,13 @@ Three measurements, each against its baseline in the same run:
      deploys one small app per variant doing the ingress's predict work: parse the
      JSON body, ``Schema.validate_records``, predict with a model registered in and
      loaded from the registry, and -- in the log variants -- the ingress's own log
-     write (``ModelLogs.prediction_rows`` through a ``GroupCommit`` writer, awaited
-     before the answer). One client sends ``--requests`` single-instance requests
+     write (``ModelLogs.prediction_rows`` through the writer the ingress builds,
+     ``prediction_writer``: the replica's segment log, sealed into parquet every
+     ``data.log_seal_seconds``; awaited before the answer). One client sends ``--requests`` single-instance requests
      one at a time, split into ``--rounds`` rounds in which the variants alternate
      (ABC, CBA, ...); p50/p95 over all of a variant's requests. Then each variant
      serves the same requests from ``--clients`` concurrent clients (p50 latency,
-     requests/s and the log files written: group commit puts concurrent requests in
-     one file). The version hop of the real router is left out of every variant.
+     requests/s and the parquet files the seals wrote). The version hop of the real router is left out of every variant.
    * **In process** (always; the only one with ``--quick``): the same work without
      HTTP, request by request, the variants taking turns, with
      ``ModelLogs.append_predictions`` (one file per request): the overhead relative
@@ -159,14 +159,15 @@ def _summary(seq: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, An
 def _predict_deployment() -> Any:
     """The ingress's predict work as one Serve deployment: validate -> predict -> (log) -> answer.
 
-    The log write is the ingress's own: ``ModelLogs.prediction_rows`` through a
-    ``GroupCommit`` writer, awaited before the answer."""
+    The log write is the ingress's own: ``ModelLogs.prediction_rows`` through the
+    writer the ingress builds (``prediction_writer``: a segment log on a local root,
+    ``data.log_segments``), awaited before the answer."""
     import uuid
 
     from ray import serve
     from starlette.requests import Request
 
-    from lifelong_ray.data.logs import GroupCommit
+    from lifelong_ray.data.segments import prediction_writer
     from lifelong_ray.registry.store import Registry
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
@@ -179,7 +180,8 @@ def _predict_deployment() -> Any:
             self.model = Registry(storage, cfg.model.name).load(version)
             self.logs = None if log_fsync is None else ModelLogs.from_config(
                 storage, cfg.with_overrides(data={"log_fsync": log_fsync}))
-            self.writer = None if self.logs is None else GroupCommit(self.logs, self.logs.predictions_prefix)
+            self.writer = None if self.logs is None else prediction_writer(
+                self.logs, segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds)
 
         async def __call__(self, request: Request) -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -267,6 +269,7 @@ def measure_logging_http(cfg: Config, storage: Storage, requests_: int, rounds: 
             t0 = time.perf_counter()
             conc[route] = _concurrent(base + route, bodies, clients)
             wall[route] = time.perf_counter() - t0
+            time.sleep(3 * cfg.data.log_seal_seconds)  # the last seal of this variant's segment
             files[route] = len(storage.list(prefix, suffix=".parquet")) - before
     finally:
         serve.shutdown()

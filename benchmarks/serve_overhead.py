@@ -8,7 +8,8 @@ same load:
   ingress (:func:`lifelong_ray.serving.deploy.deploy_ingress`, route ``/``) with two
   registered versions at a weighted routing table (90/10 by default), so every request
   pays for request validation, the routing decision, the call of the chosen version
-  and the durable parquet prediction log (group commit) written before the answer.
+  and the durable prediction log written before the answer (the replica's segment,
+  sealed into parquet every ``data.log_seal_seconds``; ``data.log_segments``).
   ``--placement`` sets ``serving.version_placement``: ``ingress`` (the default here:
   both versions loaded in the ingress replica and called in-line, the placement for a
   small CPU model like this one) or ``deployment`` (each version its own Serve app,
@@ -20,9 +21,8 @@ same load:
   predict, answer the same JSON through the same ``PredictResponse`` model. No router,
   no second hop, no log.
 * ``plain+log`` (``--breakdown`` only) -- ``plain`` plus the same durable prediction
-  log write as the ingress (a :class:`lifelong_ray.data.logs.GroupCommit` of
-  ``ModelLogs.prediction_rows``, awaited before the answer, into a log prefix of its
-  own). It splits the router's extra time into "the log write"
+  log write as the ingress (``prediction_writer``'s writer of ``ModelLogs.prediction_rows``,
+  awaited before the answer, into a log prefix of its own). It splits the router's extra time into "the log write"
   (``plain+log`` - ``plain``) and "the version hop and the rest"
   (``router`` - ``plain+log``).
 
@@ -332,7 +332,8 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
     from fastapi.responses import JSONResponse
     from ray import serve
 
-    from lifelong_ray.data.logs import GroupCommit, feature_arrays
+    from lifelong_ray.data.logs import feature_arrays
+    from lifelong_ray.data.segments import prediction_writer
     from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse
 
     api = FastAPI(title="serve_overhead plain baseline")
@@ -349,7 +350,8 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
             self.model = Registry(Storage(cfg.storage.root), self.name).load(version)
             self.logs = ModelLogs.from_config(Storage(cfg.storage.root), cfg)
             # a prefix of its own, so the router's prediction log holds the router's rows only
-            self.log = GroupCommit(self.logs, f"models/{self.name}-plain-log/predictions") if durable_log else None
+            self.log = prediction_writer(self.logs, segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds,
+                                         prefix=f"models/{self.name}-plain-log/predictions") if durable_log else None
 
         @api.post("/v1/models/{model}:predict", response_model=PredictResponse)
         async def predict(self, model: str, body: PredictRequest) -> Any:
@@ -575,7 +577,10 @@ def log_size(storage: Storage, model: str) -> tuple[int, int]:
     """(files, rows) of the model's prediction log."""
     import pyarrow.parquet as pq
 
+    from lifelong_ray.data.segments import seal_orphans
+
     logs = ModelLogs(storage, model)
+    seal_orphans(logs, logs.predictions_prefix, fsync=True)  # rows the stopped ingress had not sealed
     files = logs.live_files(logs.predictions_prefix)
     return len(files), sum(pq.read_metadata(storage.path(f)).num_rows for f in files)
 

@@ -379,6 +379,16 @@ class DataConfig(_Frozen):
                     "which survives a crash of the ingress process but not of the machine (the OS writes it "
                     "back within seconds); about 4 ms less per request on a VM disk. Concurrent requests share "
                     "one file and one fsync either way (group commit)")
+    log_segments: bool = Field(
+        default=True,
+        description="on a local storage root, each ingress replica appends its prediction rows to one open "
+                    "Arrow segment file (one write and one fdatasync per request, shared under load) and seals "
+                    "it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
+                    "false, or an object-store root: one parquet file per request (group commit)")
+    log_seal_seconds: float = Field(
+        default=0.25, gt=0, le=60,
+        description="how often an ingress replica seals its prediction segment into the parquet log "
+                    "(data.log_segments): the most a prediction waits before the controller can see it")
 
     @field_validator("pii_fields")
     @classmethod

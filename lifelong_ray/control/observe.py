@@ -21,6 +21,7 @@ from lifelong_ray.control.commands import read_commands
 from lifelong_ray.control.windows import WindowTracker
 from lifelong_ray.data.logs import LABELED_META, LogTail, ModelLogs
 from lifelong_ray.data.schema import Schema
+from lifelong_ray.data.segments import seal_orphans
 from lifelong_ray.drift.reference import Reference
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
 from lifelong_ray.policy.model import ControllerState, Observations, RetrainOutcome, ShadowStats
@@ -109,6 +110,10 @@ class Observer:
             champion_correct=int((labeled["prediction_champ"] == labeled["label"]).sum()))
 
     def _read_predictions(self) -> None:
+        try:  # rows an ingress replica answered and died before sealing (data.log_segments)
+            seal_orphans(self.logs, self.logs.predictions_prefix, fsync=self.cfg.data.log_fsync)
+        except Exception:  # noqa: BLE001 - the next tick, or the next ingress replica, retries
+            log.exception("could not seal orphaned prediction segments of %s", self.cfg.model.name)
         table = self._pred_tail.read_new()
         if table is None:
             return

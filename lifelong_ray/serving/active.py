@@ -46,7 +46,8 @@ from lifelong_ray.config import Config
 from lifelong_ray.data.logs import ModelLogs
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.drift.reference import Reference
-from lifelong_ray.serving.feedback import read_log_table
+from lifelong_ray.data.segments import open_segment_tables
+from lifelong_ray.serving.feedback import read_log_table, served_rows
 from lifelong_ray.storage import Storage
 
 #: fewer pooled requests than this give no drift weight (PSI on a handful of rows is noise)
@@ -201,17 +202,23 @@ def load_label_pool(storage: Storage, schema: Schema, *, now: float, horizon_s: 
         labeled.update(read_log_table(storage, path, ["request_id"], served_only=False)
                        .column("request_id").to_pylist())
     cols = ["request_id", "t", "version", "confidence", *schema.names]
-    tables = []
+    # the open segments first (answers of the last data.log_seal_seconds), then the log: a seal
+    # in between puts a row in both, and the first copy is kept
+    tables = [served_rows(t).select([c for c in cols if c in t.column_names])
+              for t in open_segment_tables(storage, logs.predictions_prefix)]
     for path in storage.list(logs.predictions_prefix, suffix=".parquet"):
-        table = read_log_table(storage, path, cols, served_only=True)
-        table = table.filter(pc.greater_equal(table.column("t"), now - horizon_s))
-        if table.num_rows:
-            tables.append(table)
+        tables.append(read_log_table(storage, path, cols, served_only=True))
+    tables = [t for t in (t.filter(pc.greater_equal(t.column("t"), now - horizon_s)) for t in tables) if t.num_rows]
     if not tables:
         return LabelPool([], np.empty(0), [], np.empty(0), {n: np.empty(0) for n in schema.names})
     table = pa.concat_tables(tables, promote_options="permissive")
     ids = table.column("request_id").to_pylist()
-    keep = np.array([rid not in labeled for rid in ids], dtype=bool)
+    keep = np.zeros(len(ids), dtype=bool)
+    taken = set(labeled)
+    for i, rid in enumerate(ids):
+        if rid not in taken:
+            keep[i] = True
+            taken.add(rid)
     table = table.filter(pa.array(keep))
     return LabelPool(
         request_ids=table.column("request_id").to_pylist(),

@@ -25,10 +25,14 @@ A label join should therefore keep rows with ``error is null and not shadow``
 for the served prediction. A version *fails* a call when it raises, times out, is
 not deployed, or answers a non-finite confidence (``non_finite_output``).
 
-Rows are written by one :class:`~lifelong_ray.data.logs.GroupCommit` per log and
-model (group commit: requests that arrive while a file is being written share the
-next file and its fsync), and a request is answered 2xx only once its rows are in
-a durable file (``data.log_fsync`` says whether that includes an fsync).
+On a local storage root, prediction rows go to this replica's
+:class:`~lifelong_ray.data.segments.SegmentLog` (one append and one ``fdatasync`` per
+request, shared under load), sealed into the parquet log every
+``data.log_seal_seconds``; otherwise, and for feedback, one
+:class:`~lifelong_ray.data.logs.GroupCommit` per log and model writes them (requests
+that arrive while a file is being written share the next file and its fsync). Either
+way a request is answered 2xx only once its rows are durable (``data.log_fsync`` says
+whether that includes an fsync).
 
 Besides predict, the ingress takes feedback labels exactly once
 (:mod:`~lifelong_ray.serving.feedback`), hands out label requests
@@ -62,6 +66,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lifelong_ray.config import Config, ServingConfig
 from lifelong_ray.control.commands import submit_command
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, feature_arrays, feedback_rows
+from lifelong_ray.data.segments import SegmentLog, prediction_writer, seal_orphans
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.model import CommandKind
@@ -413,10 +418,12 @@ class _Model:
         self.categorical = {f.name for f in cfg.model.features if f.dtype == "category"}
         self.storage = Storage(cfg.storage.root)
         self.logs = ModelLogs.from_config(self.storage, cfg)
-        # group commit: the rows of concurrent requests share one durable file
-        self.predictions_log = GroupCommit(self.logs, self.logs.predictions_prefix)
-        self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
         self.book = FeedbackBook(self.logs, horizon_s=cfg.data.label_horizon_seconds, capacity=index_capacity)
+        # predictions: appended to this replica's segment, sealed into parquet every log_seal_seconds
+        # (local disk), or group commit: the rows of concurrent requests share one durable file
+        self.predictions_log = prediction_writer(self.logs, segments=cfg.data.log_segments,
+                                                 seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
+        self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
         self.faults: FaultSpec | None = None
@@ -536,6 +543,15 @@ class Ingress:
             self._models[cfg.model.name] = _Model(cfg, index_capacity)
             _publish(cfg)
         for m in self._models.values():
+            if isinstance(m.predictions_log, SegmentLog):  # rows a dead replica answered but never sealed
+                try:
+                    sealed = await asyncio.to_thread(seal_orphans, m.logs, m.logs.predictions_prefix,
+                                                     fsync=m.logs.fsync)
+                    if sealed:
+                        logger.warning("sealed %d rows of %s left in segments of a stopped replica",
+                                       sum(r for *_, r in sealed), m.name)
+                except Exception:  # noqa: BLE001 - the controller and the seal loop retry
+                    logger.exception("could not seal orphaned segments of %s", m.name)
             try:
                 await m.adopt(await asyncio.to_thread(read_routing, m.storage, m.name))
                 m.set_faults(await asyncio.to_thread(read_faults, m.storage, m.name))
@@ -675,7 +691,7 @@ class Ingress:
             key=key, shadow=shadow, error=error)
         path, t = await m.predictions_log.append(lambda t: rows(t=t), n)
         if not shadow and error is None:
-            m.book.served_now(path, request_ids, t)
+            m.book.served_now(None if isinstance(m.predictions_log, SegmentLog) else path, request_ids, t)
 
     async def _log_failure(self, m: _Model, version: str, err: BaseException, **kw: Any) -> str:
         M.VERSION_ERRORS.labels(model=m.name, version=version, kind=_error_kind(err)).inc()
@@ -953,3 +969,6 @@ class Ingress:
             task = getattr(self, name, None)
             if task is not None:
                 task.cancel()
+        for m in getattr(self, "_models", {}).values():  # Serve's graceful shutdown: seal what is left
+            if isinstance(m.predictions_log, SegmentLog):
+                m.predictions_log.close()

@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lifelong_ray.data.logs import ModelLogs
+from lifelong_ray.data.segments import open_segment_tables
 from lifelong_ray.storage import Storage
 
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -194,7 +195,7 @@ class IdTimes:
 
 
 # -- reading the logs back (blocking; run in a thread) ---------------------------------
-def _served_rows(table: pa.Table) -> pa.Table:
+def served_rows(table: pa.Table) -> pa.Table:
     """Rows of a predictions table that were answered (no error, not a shadow copy)."""
     mask = None
     if "error" in table.column_names:
@@ -213,7 +214,7 @@ def read_log_table(storage: Storage, path: str, columns: Sequence[str], served_o
         want = list(dict.fromkeys([*columns, *(["error", "shadow"] if served_only else [])]))
         table = pf.read(columns=[c for c in want if c in have])
     if served_only:
-        table = _served_rows(table)
+        table = served_rows(table)
     return table.select([c for c in columns if c in table.column_names])
 
 
@@ -248,6 +249,20 @@ def search_files(storage: Storage, paths: Sequence[str], ids: set[str], served_o
     return found
 
 
+def search_segments(storage: Storage, prefix: str, ids: set[str], served_only: bool) -> dict[str, float]:
+    """The first ``t`` of each of ``ids`` in the open segments of the log at ``prefix``
+    (rows that replicas answered but have not sealed into parquet yet)."""
+    found: dict[str, float] = {}
+    wanted = pa.array(sorted(ids), pa.string())
+    for table in open_segment_tables(storage, prefix):
+        if served_only:
+            table = served_rows(table)
+        hit = table.filter(pc.is_in(table.column("request_id"), value_set=wanted))
+        for rid, t in zip(hit.column("request_id").to_pylist(), hit.column("t").to_pylist()):
+            found[rid] = min(t, found.get(rid, math.inf))
+    return found
+
+
 class LogIndex:
     """What one process knows of one log: an :class:`IdTimes` plus the time span of
     every file it wrote or read (``path -> (t_min, t_max)``; a few dozen bytes per
@@ -255,10 +270,12 @@ class LogIndex:
     bound their number)."""
 
     def __init__(self, storage: Storage, prefix: str, *, served_only: bool, capacity: int,
-                 keep_seconds: float) -> None:
+                 keep_seconds: float, segments: bool = False) -> None:
         self.storage = storage
         self.prefix = prefix
         self.served_only = served_only
+        #: also search the open segments of every replica (rows not sealed into the log yet)
+        self.segments = segments and storage.is_local
         self.ids = IdTimes(capacity, keep_seconds)
         self.spans: dict[str, tuple[float, float]] = {}
         self.listed_at = -math.inf  # time.monotonic() of the last listing
@@ -301,6 +318,10 @@ class LogIndex:
         if rest and self.ids.evicted_max_t >= since:
             paths = self.files_overlapping(since, self.ids.evicted_max_t)
             hits.update(await asyncio.to_thread(search_files, self.storage, paths, rest, self.served_only))
+            rest -= set(hits)
+        if rest and self.segments:  # answered by another replica less than a seal interval ago
+            hits.update(await asyncio.to_thread(search_segments, self.storage, self.prefix, rest,
+                                                self.served_only))
         return hits
 
 
@@ -317,7 +338,7 @@ class FeedbackBook:
         self.model = logs.model
         self.horizon_s = horizon_s
         self.served = LogIndex(logs.storage, logs.predictions_prefix, served_only=True, capacity=capacity,
-                               keep_seconds=keep)
+                               keep_seconds=keep, segments=True)
         self.labeled = LogIndex(logs.storage, logs.feedback_prefix, served_only=False, capacity=capacity,
                                 keep_seconds=keep)
         self._pending: dict[str, asyncio.Future[bool]] = {}
@@ -328,9 +349,19 @@ class FeedbackBook:
         self._running: Counter[int] = Counter()
         self._recent: list[tuple[int, set[str]]] = []
 
-    def served_now(self, path: str, ids: Sequence[str], t: float) -> None:
-        """The ingress answered ``ids`` and wrote them to ``path``."""
-        self.served.wrote(path, ids, t, now=t)
+    def served_now(self, path: str | None, ids: Sequence[str], t: float) -> None:
+        """The ingress answered ``ids`` and wrote them to the log file ``path`` (None: to a
+        segment, which :meth:`served_sealed` names once it is sealed)."""
+        if path is None:
+            self.served.ids.add(ids, t, now=t)
+        else:
+            self.served.wrote(path, ids, t, now=t)
+
+    def served_sealed(self, files: Sequence[tuple[str, float, float]]) -> None:
+        """Prediction files this replica's segments were sealed into, ``(path, t_min, t_max)``:
+        their ids are in memory already, so a listing must not read them back."""
+        for path, lo, hi in files:
+            self.served.spans[path] = (lo, hi)
 
     async def review(self, cands: Sequence[Candidate], now: float) -> tuple[list[Candidate], list[Rejected]]:
         start = self._settles

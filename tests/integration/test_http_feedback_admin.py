@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from itest_helpers import eventually as _eventually
-from itest_helpers import register_untrained, wait_for_generation
+from itest_helpers import register_untrained, wait_for_generation, wait_for_sealed
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +103,8 @@ def _feedback(app, labels: list[dict], timeout: float = 30) -> requests.Response
 
 def _table(app, kind: str) -> pa.Table:
     st = app["storage"]
+    if kind == "predictions":  # answered rows reach the parquet log when the ingress seals its segment
+        wait_for_sealed(st, MODEL)
     files = st.list(f"models/{MODEL}/{kind}", suffix=".parquet")
     return pa.concat_tables([pq.read_table(st.path(f)) for f in files], promote_options="permissive")
 

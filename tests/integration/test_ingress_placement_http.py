@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from itest_helpers import wait_for_generation
+from itest_helpers import wait_for_generation, wait_for_sealed
 from test_serving_http import _train_and_register, _wait_for, _wait_http
 
 pytestmark = pytest.mark.integration
@@ -105,6 +105,7 @@ def test_a_version_that_cannot_be_loaded_falls_back_to_the_champion_and_logs_the
     time.sleep(1.0)
     answers = _answers(served, 40)
     assert answers == {"v0001": 40}
+    wait_for_sealed(served["storage"], MODEL)
     log = served["storage"].list(f"models/{MODEL}/predictions", suffix=".parquet")
     import pyarrow.parquet as pq
 

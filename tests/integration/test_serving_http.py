@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
-from itest_helpers import wait_for_generation
+from itest_helpers import wait_for_generation, wait_for_sealed
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +132,8 @@ def _predict(served, instances, key=None, **kw):
 
 def _log(served, kind="predictions") -> pa.Table | None:
     st = served["storage"]
+    if kind == "predictions":  # answered rows reach the parquet log when the ingress seals its segment
+        wait_for_sealed(st, MODEL)
     files = st.list(f"models/{MODEL}/{kind}", suffix=".parquet")
     if not files:
         return None

@@ -1,0 +1,442 @@
+"""Segment log: the ingress's durable prediction log at the cost of one ``write`` + ``fdatasync``.
+
+Writing one parquet file per request (:class:`~lifelong_ray.data.logs.GroupCommit`)
+costs a parquet encode, a new file, its fsync and its directory's fsync: about 1 ms
+per lone request, most of the logging overhead of a predict. A :class:`SegmentLog`
+instead appends each caller's rows as Arrow IPC record-batch messages to one open
+*segment* file per ingress replica and answers once they are on disk (one
+``fdatasync``, shared by the callers that arrive while one is running). Every
+``seal_s`` seconds the replica *seals* the segment: its rows become ordinary zstd
+parquet files of the log, one per UTC day, and the segment is deleted. Readers of the
+log never see segments; they see a prediction at most ``seal_s`` (plus the seal's
+own few milliseconds) after it was answered.
+
+Layout (segments live beside the log, never under its prefix, so no reader,
+retention or compaction pass lists them)::
+
+    models/<model>/segments/predictions/<replica>-<seq>.arrows      (open or orphaned)
+    models/<model>/predictions/date=D/<t_ns>-<replica>-<seq>.parquet  (sealed)
+
+**Crash safety.** The owner holds an exclusive ``flock`` on its open segment; a
+segment is created under a temporary name and renamed once locked, so a scanner never
+takes a segment that is being created. :func:`seal_orphans` (run by every ingress
+replica at start and every few seconds, and by the controller before it reads the
+log) seals the segments nobody holds: those of a crashed replica. A torn last record
+(the process died inside a ``write``) belongs to a request that was never answered,
+and :func:`read_segment` drops it. A sealed file's name is a function of the segment
+and the day, and an existing one is not rewritten, so sealing the same segment twice
+(crash after the parquet write, before the unlink) adds no row.
+
+Only on a local disk: on an object store every append would be a network PUT, and
+the ingress keeps the per-request :class:`GroupCommit` files there.
+
+    >>> import asyncio, tempfile
+    >>> from lifelong_ray.storage import Storage
+    >>> from lifelong_ray.data.logs import ModelLogs, LogTail, feedback_rows
+    >>> logs = ModelLogs(Storage(tempfile.mkdtemp()), "m")
+    >>> seg = SegmentLog(logs, logs.predictions_prefix, replica="r1", seal_s=None)
+    >>> async def two():
+    ...     return await asyncio.gather(*(seg.append(lambda t, i=i: feedback_rows([f"r{i}"], [1], t), 1)
+    ...                                   for i in range(2)))
+    >>> _ = asyncio.run(two())
+    >>> LogTail(logs.storage, logs.predictions_prefix).read_new() is None  # not sealed yet
+    True
+    >>> [rows for *_, rows in seg.seal_now()], LogTail(logs.storage, logs.predictions_prefix).read_new().num_rows
+    ([2], 2)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from lifelong_ray.data.logs import GroupCommit, ModelLogs, RowsAt, _file_name, day_of, table_to_bytes
+from lifelong_ray.storage import Storage, _fsync_dir
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".arrows"
+#: end-of-stream marker of the Arrow IPC stream format (continuation token, zero length)
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+#: how often a replica looks for orphaned segments of dead replicas
+ORPHAN_SCAN_S = 5.0
+#: a segment is sealed early once it holds this many rows
+MAX_SEGMENT_ROWS = 100_000
+
+#: ``(sealed parquet path, t_min, t_max)`` per file a seal wrote; ``rows`` in the third slot of ``seal_now``
+Sealed = tuple[str, float, float]
+
+
+def segment_dir(prefix: str) -> str:
+    """Where the segments of the log at ``prefix`` live: ``models/m/predictions`` ->
+    ``models/m/segments/predictions`` (outside the log's prefix)."""
+    base, name = prefix.rsplit("/", 1)
+    return f"{base}/segments/{name}"
+
+
+def read_segment(path: str) -> pa.Table | None:
+    """Every complete record of the segment file at ``path`` (a full local path), or
+    None when it holds none. A torn tail (a record cut short by a crash) is dropped."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data:
+        return None
+    try:
+        reader = pa.ipc.open_stream(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError):  # not even a whole schema message: nothing was acknowledged
+        return None
+    batches = []
+    while True:
+        try:
+            batches.append(reader.read_next_batch())
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError) as err:
+            log.warning("segment %s ends in a torn record (%s): kept %d complete records", path, err, len(batches))
+            break
+    if not batches:
+        return None
+    return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def open_segment_tables(storage: Storage, prefix: str) -> list[pa.Table]:
+    """The rows of every segment of the log at ``prefix`` not sealed yet (all replicas'):
+    for readers that must also see the last ``log_seal_seconds`` of answers. A row can
+    be in a segment and, once sealed, in the log: such readers dedupe by ``request_id``."""
+    if not storage.is_local:
+        return []
+    directory = storage.path(segment_dir(prefix))
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        try:
+            table = read_segment(f"{directory}/{name}")
+        except FileNotFoundError:
+            continue  # sealed meanwhile: its rows are in the log
+        if table is not None:
+            out.append(table)
+    return out
+
+
+def seal_file(logs: ModelLogs, prefix: str, full: str, *, fsync: bool) -> list[tuple[str, float, float, int]]:
+    """Write the rows of the segment at ``full`` into ``prefix`` as one parquet file per
+    UTC day, then delete the segment. Returns ``(path, t_min, t_max, rows)`` per file.
+
+    Idempotent: the files are named by the segment and the day, and one that exists
+    already (an earlier seal that died before the unlink) is kept as it is."""
+    table = read_segment(full)
+    stem = os.path.basename(full)[: -len(SEGMENT_SUFFIX)]
+    out: list[tuple[str, float, float, int]] = []
+    if table is not None and table.num_rows:
+        t = table.column("t").to_numpy(zero_copy_only=False).astype(np.float64)
+        days = np.array([day_of(x) for x in t])
+        for day in sorted(set(days.tolist())):
+            mask = days == day
+            part = table.filter(pa.array(mask)) if not mask.all() else table
+            t_day = t[mask]
+            name = _file_name(prefix, float(t_day.min()), stem)
+            if not logs.storage.exists(name):
+                logs.storage.write_bytes(name, table_to_bytes(part), fsync=fsync)
+            out.append((name, float(t_day.min()), float(t_day.max()), part.num_rows))
+    os.unlink(full)
+    if fsync:
+        _fsync_dir(os.path.dirname(full))
+    return out
+
+
+def seal_orphans(logs: ModelLogs, prefix: str, *, fsync: bool,
+                 skip: frozenset[str] = frozenset()) -> list[tuple[str, float, float, int]]:
+    """Seal every segment of ``prefix`` that no live writer holds (a dead replica's).
+
+    A segment is sealed only under its exclusive lock, and only if the name still
+    points at the locked file (its owner may have sealed and deleted it meanwhile)."""
+    if not logs.storage.is_local:
+        return []
+    directory = logs.storage.path(segment_dir(prefix))
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        full = f"{directory}/{name}"
+        if full in skip:
+            continue
+        try:
+            fd = os.open(full, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer holds it
+            try:
+                if os.fstat(fd).st_ino != os.stat(full).st_ino:
+                    continue
+            except FileNotFoundError:
+                continue
+            out.extend(seal_file(logs, prefix, full, fsync=fsync))
+            log.info("sealed orphaned segment %s", name)
+        finally:
+            os.close(fd)
+    return out
+
+
+def prediction_writer(logs: ModelLogs, *, segments: bool, seal_s: float, prefix: str | None = None,
+                      on_sealed: Callable[[list[Sealed]], None] | None = None) -> "GroupCommit | SegmentLog":
+    """The writer the ingress uses for its prediction log (``data.log_segments``,
+    ``data.log_seal_seconds``): a :class:`SegmentLog` of its own on a local root, else a
+    :class:`~lifelong_ray.data.logs.GroupCommit` (one parquet file per lone request)."""
+    prefix = prefix or logs.predictions_prefix
+    if segments and logs.storage.is_local:
+        return SegmentLog(logs, prefix, replica=f"{os.getpid()}-{uuid.uuid4().hex[:8]}", seal_s=seal_s,
+                          on_sealed=on_sealed)
+    return GroupCommit(logs, prefix)
+
+
+@dataclass
+class _Segment:
+    """One open segment: its fd (locked), schema, and what was written and synced."""
+
+    full: str
+    fd: int
+    schema: pa.Schema
+    rows: int = 0
+    written: int = 0   # bytes handed to the kernel
+    synced: int = 0    # bytes known durable
+    broken: bool = False
+    flusher: asyncio.Task[None] | None = None
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    idle_since: float = -float("inf")
+
+    @classmethod
+    def create(cls, directory: str, stem: str, schema: pa.Schema) -> "_Segment":
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{directory}/.{stem}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seg = cls(f"{directory}/{stem}{SEGMENT_SUFFIX}", fd, schema)
+            seg.write(schema.serialize().to_pybytes())
+            os.rename(tmp, seg.full)  # locked before any scanner can see it
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        return seg
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except BaseException:
+            self.broken = True  # a partial record: nothing may follow it
+            raise
+        self.written += len(data)
+
+
+class SegmentLog:
+    """Appends of one log from the coroutines of one event loop, durable on return.
+
+    The same interface as :class:`~lifelong_ray.data.logs.GroupCommit`: :meth:`append`
+    takes a function of the write time and the row count and returns ``(segment path,
+    t)`` once the rows are on disk. ``on_sealed`` is called (on the event loop, or in
+    :meth:`close`) with the parquet files each seal wrote. A caller whose rows cannot
+    be built gets its own error; a failed write or sync fails its callers (they must
+    not answer 2xx) and the log moves on to a new segment, truncating the failed one
+    to what was synced."""
+
+    def __init__(self, logs: ModelLogs, prefix: str, *, replica: str | None = None, seal_s: float | None = 0.25,
+                 clock: Callable[[], float] = time.time, inline_idle_s: float = 0.002,
+                 on_sealed: Callable[[list[Sealed]], None] | None = None) -> None:
+        if not logs.storage.is_local:
+            raise ValueError("a segment log needs a local storage root")
+        self.logs = logs
+        self.prefix = prefix
+        self.replica = replica or uuid.uuid4().hex[:12]
+        self.seal_s = seal_s
+        self.clock = clock
+        self.inline_idle_s = inline_idle_s
+        self.on_sealed = on_sealed
+        self.directory = logs.storage.path(segment_dir(prefix))
+        self.inline_syncs = 0
+        self._seq = 0
+        self._current: _Segment | None = None
+        self._retired: list[_Segment] = []  # no longer appended to, not sealed yet
+        self._sealer: asyncio.Task[None] | None = None
+        self._scanned_at = -float("inf")
+
+    # -- appends ----------------------------------------------------------------------
+    async def append(self, rows_at: RowsAt, n_rows: int) -> tuple[str, float]:
+        """Write ``rows_at(t)`` durably; the segment's path (relative) and ``t``."""
+        t = self.clock()
+        table = rows_at(t)
+        seg = self._segment_for(table.schema)
+        data = b"".join(b.serialize().to_pybytes() for b in table.to_batches())
+        try:
+            seg.write(data)
+        except OSError:
+            self._retire(seg)
+            raise
+        seg.rows += table.num_rows
+        if self._sealer is None and self.seal_s is not None:
+            self._sealer = asyncio.get_running_loop().create_task(self._seal_loop())
+        if self.logs.fsync:
+            await self._sync(seg, seg.written)
+        if seg.rows >= MAX_SEGMENT_ROWS and seg is self._current:
+            self._retire(seg)
+        return self.logs.storage.rel(seg.full), t
+
+    def _segment_for(self, schema: pa.Schema) -> _Segment:
+        seg = self._current
+        if seg is not None and not seg.broken and seg.schema.equals(schema):
+            return seg
+        if seg is not None:
+            self._retire(seg)
+        self._seq += 1
+        self._current = _Segment.create(self.directory, f"{self.replica}-{self._seq:06d}", schema)
+        return self._current
+
+    async def _sync(self, seg: _Segment, target: int) -> None:
+        if seg.synced >= target:
+            return
+        if seg.flusher is None and time.monotonic() - seg.idle_since >= self.inline_idle_s:
+            end = seg.written  # nobody to share an fdatasync with: do it here, no thread hop
+            try:
+                os.fdatasync(seg.fd)
+            except OSError:
+                self._fail_sync(seg)
+                raise
+            finally:
+                seg.idle_since = time.monotonic()
+            seg.synced = max(seg.synced, end)
+            self.inline_syncs += 1
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        seg.waiters.append((target, done))
+        if seg.flusher is None:
+            seg.flusher = asyncio.get_running_loop().create_task(self._flush(seg))
+        await asyncio.shield(done)
+
+    async def _flush(self, seg: _Segment) -> None:
+        try:
+            while seg.waiters:
+                end = seg.written
+                try:
+                    await asyncio.to_thread(os.fdatasync, seg.fd)
+                except OSError as err:
+                    self._fail_sync(seg)
+                    for _, done in seg.waiters:
+                        if not done.done():
+                            done.set_exception(err)
+                    seg.waiters = []
+                    return
+                seg.synced = max(seg.synced, end)
+                keep = []
+                for target, done in seg.waiters:
+                    if target <= end:
+                        if not done.done():
+                            done.set_result(None)
+                    else:
+                        keep.append((target, done))
+                seg.waiters = keep
+        finally:
+            seg.idle_since = time.monotonic()
+            for _, done in seg.waiters:  # cancelled: nobody may wait forever
+                if not done.done():
+                    done.set_exception(RuntimeError("the log writer stopped before syncing these rows"))
+            seg.waiters = []
+            seg.flusher = None
+
+    def _fail_sync(self, seg: _Segment) -> None:
+        """A failed fdatasync: drop what was not known durable (its callers get the error)."""
+        seg.broken = True
+        try:
+            os.ftruncate(seg.fd, seg.synced)
+            seg.written = seg.synced
+        except OSError:
+            log.exception("could not truncate segment %s after a failed sync", seg.full)
+        self._retire(seg)
+
+    # -- sealing ----------------------------------------------------------------------
+    def _retire(self, seg: _Segment) -> None:
+        """Stop appending to ``seg``; it is sealed by the next seal pass (or :meth:`close`)."""
+        if seg is self._current:
+            self._current = None
+        self._retired.append(seg)
+
+    async def _seal_loop(self) -> None:
+        assert self.seal_s is not None
+        while True:
+            await asyncio.sleep(self.seal_s)
+            try:
+                await self.seal()
+            except Exception:  # noqa: BLE001 - retried next pass; rows stay in their segment
+                log.exception("sealing segments of %s failed; retrying", self.prefix)
+
+    async def seal(self) -> list[Sealed]:
+        """Seal the current segment (if it has rows) and any retired ones; every
+        ``ORPHAN_SCAN_S`` also the orphans of dead replicas."""
+        if self._current is not None and self._current.rows:
+            self._retire(self._current)
+        segs, self._retired = self._retired, []
+        for seg in segs:  # wait for in-flight syncs: their callers must see them finish first
+            if seg.flusher is not None:
+                await asyncio.shield(seg.flusher)
+        scan = time.monotonic() - self._scanned_at >= ORPHAN_SCAN_S
+        if scan:
+            self._scanned_at = time.monotonic()
+        files = await asyncio.to_thread(self._seal_sync, segs, scan)
+        sealed = [(p, a, b) for p, a, b, _ in files]
+        if sealed and self.on_sealed is not None:
+            self.on_sealed(sealed)
+        return sealed
+
+    def _seal_sync(self, segs: list[_Segment], scan: bool) -> list[tuple[str, float, float, int]]:
+        out = []
+        for seg in segs:
+            try:
+                out.extend(seal_file(self.logs, self.prefix, seg.full, fsync=self.logs.fsync))
+            except FileNotFoundError:
+                pass  # sealed by a scanner after this process let go of it (cannot happen while locked)
+            finally:
+                os.close(seg.fd)
+        if scan:
+            mine = frozenset({self._current.full} if self._current is not None else ())
+            out.extend(seal_orphans(self.logs, self.prefix, fsync=self.logs.fsync, skip=mine))
+        return out
+
+    def seal_now(self) -> list[tuple[str, float, float, int]]:
+        """Seal everything this log holds, synchronously (no sync may be in flight:
+        tests, and :meth:`close` at shutdown). ``(path, t_min, t_max, rows)`` per file."""
+        if self._current is not None:
+            self._retire(self._current)
+        segs, self._retired = self._retired, []
+        files = self._seal_sync(segs, scan=False)
+        if files and self.on_sealed is not None:
+            self.on_sealed([(p, a, b) for p, a, b, _ in files])
+        return files
+
+    def close(self) -> None:
+        """Stop the seal loop and seal what is left (a replica shutting down)."""
+        if self._sealer is not None:
+            self._sealer.cancel()
+            self._sealer = None
+        try:
+            self.seal_now()
+        except Exception:  # noqa: BLE001 - the next replica seals it as an orphan
+            log.exception("could not seal the segments of %s at shutdown", self.prefix)

@@ -1,0 +1,282 @@
+"""The segment log (SegmentLog): appends durable on return, sealed into the parquet log
+exactly once, across crashes (orphans, torn tails, a seal that died before its unlink)
+and failed writes or syncs. Every row is read back by the real LogTail."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+
+from lifelong_ray.data.logs import LogTail, ModelLogs, feature_arrays, feedback_rows
+from lifelong_ray.data.segments import (SEGMENT_SUFFIX, SegmentLog, read_segment, seal_orphans,
+                                        segment_dir)
+from lifelong_ray.serving.feedback import FeedbackBook, search_segments
+from lifelong_ray.storage import Storage
+
+T0 = 1.7e9  # 2023-11-14 22:13:20 UTC
+MIDNIGHT = 1_700_006_400.0  # 2023-11-15 00:00:00 UTC
+
+
+class StepClock:
+    def __init__(self, t: float = T0, step: float = 1.0) -> None:
+        self.t, self.step = t, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def _log(tmp_path, **kw) -> tuple[ModelLogs, SegmentLog]:
+    logs = ModelLogs(Storage(str(tmp_path)), "m", fsync=kw.pop("fsync", True))
+    kw.setdefault("clock", StepClock())
+    return logs, SegmentLog(logs, logs.predictions_prefix, replica=kw.pop("replica", "r1"), seal_s=None, **kw)
+
+
+def _rows(ids: list[str], label: int = 1):
+    return lambda t: feedback_rows(ids, [label] * len(ids), t)
+
+
+def _segments(logs: ModelLogs) -> list[str]:
+    d = logs.storage.path(segment_dir(logs.predictions_prefix))
+    return sorted(n for n in os.listdir(d) if n.endswith(SEGMENT_SUFFIX)) if os.path.isdir(d) else []
+
+
+def _ids(logs: ModelLogs) -> Counter:
+    table = LogTail(logs.storage, logs.predictions_prefix).read_new()
+    return Counter() if table is None else Counter(table.column("request_id").to_pylist())
+
+
+async def _append_all(seg: SegmentLog, batches: list[list[str]]):
+    return await asyncio.gather(*(seg.append(_rows(ids), len(ids)) for ids in batches))
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_concurrent_appends_go_to_one_segment_and_seal_into_the_log_once(tmp_path, fsync):
+    logs, seg = _log(tmp_path, fsync=fsync)
+    batches = [[f"r{i}-{j}" for j in range(1 + i % 3)] for i in range(40)]
+    done = asyncio.run(_append_all(seg, batches))
+
+    assert len({p for p, _ in done}) == 1 and len(_segments(logs)) == 1
+    assert _ids(logs) == Counter()  # readers never see an unsealed segment
+    files = seg.seal_now()
+    assert sum(rows for *_, rows in files) == sum(map(len, batches))
+    assert _segments(logs) == []
+    assert _ids(logs) == Counter(rid for ids in batches for rid in ids)
+    # the sealed file holds the append times: its name is its first row's, its span the rows'
+    (path, lo, hi, _), = files
+    assert path.endswith("-r1-000001.parquet") and lo == T0 + 1 and hi == T0 + 40
+
+
+def test_a_lone_caller_syncs_in_line_and_concurrent_callers_share_syncs(tmp_path):
+    logs, seg = _log(tmp_path, inline_idle_s=0.002)
+
+    async def sequential_then_concurrent():
+        for i in range(5):
+            await asyncio.sleep(0.01)  # idle for longer than inline_idle_s
+            await seg.append(_rows([f"s{i}"]), 1)
+        await asyncio.sleep(0.01)
+        inline = seg.inline_syncs
+        await _append_all(seg, [[f"c{i}"] for i in range(20)])
+        return inline
+
+    assert asyncio.run(sequential_then_concurrent()) == 5
+    assert seg.inline_syncs == 6  # the first concurrent caller only; 19 share the flusher's syncs
+    seg.seal_now()
+    assert sum(_ids(logs).values()) == 25
+
+
+def test_rows_across_midnight_are_sealed_into_their_own_day_partitions(tmp_path):
+    logs, seg = _log(tmp_path, clock=StepClock(MIDNIGHT - 2.5))
+    asyncio.run(_append_all(seg, [[f"r{i}"] for i in range(5)]))
+    files = seg.seal_now()
+    assert sorted(p.split("/")[-2] for p, *_ in files) == ["date=2023-11-14", "date=2023-11-15"]
+    assert sorted(rows for *_, rows in files) == [2, 3]
+    assert sum(_ids(logs).values()) == 5
+
+
+def test_sealing_a_segment_again_after_a_crash_before_its_unlink_adds_no_row(tmp_path):
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a", "b"], ["c"]]))
+    (name,) = _segments(logs)
+    full = f"{seg.directory}/{name}"
+    shutil.copy(full, tmp_path / "copy")
+    seg.seal_now()
+    shutil.copy(tmp_path / "copy", full)  # the seal wrote the parquet and "died" before the unlink
+
+    again = seal_orphans(logs, logs.predictions_prefix, fsync=True)
+    assert [rows for *_, rows in again] == [3] and _segments(logs) == []
+    assert _ids(logs) == Counter({"a": 1, "b": 1, "c": 1})
+
+
+def test_a_dead_replicas_torn_segment_is_sealed_with_its_complete_records_only(tmp_path):
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a"], ["b"], ["c"]]))
+    (name,) = _segments(logs)
+    full = f"{seg.directory}/{name}"
+    whole = feedback_rows(["d"], [1], T0).to_batches()[0].serialize().to_pybytes()
+    with open(full, "ab") as fh:  # the process died inside the write of request "d" (never answered)
+        fh.write(whole[: len(whole) // 2])
+    assert read_segment(full).num_rows == 3
+    os.close(seg._current.fd)  # the replica dies: its lock goes with its fd
+    seg._current = None
+
+    sealed = seal_orphans(logs, logs.predictions_prefix, fsync=True)
+    assert [rows for *_, rows in sealed] == [3]
+    assert _ids(logs) == Counter({"a": 1, "b": 1, "c": 1})
+
+
+def test_a_live_replicas_segment_is_never_taken_as_an_orphan(tmp_path):
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a"]]))
+    assert seal_orphans(logs, logs.predictions_prefix, fsync=True) == []
+    assert len(_segments(logs)) == 1 and _ids(logs) == Counter()
+    # a segment being created (temporary name, not locked yet by a scanner's reckoning) is not listed
+    open(f"{seg.directory}/.r9-000001.tmp", "wb").close()
+    assert seal_orphans(logs, logs.predictions_prefix, fsync=True) == []
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1})
+
+
+def test_a_new_schema_starts_a_new_segment_and_both_are_sealed(tmp_path):
+    logs, seg = _log(tmp_path)
+
+    def wide(ids):
+        return lambda t: feedback_rows(ids, [1] * len(ids), t).append_column("x", pa.array([0.5] * len(ids)))
+
+    async def go():
+        await seg.append(_rows(["a"]), 1)
+        await seg.append(wide(["b"]), 1)
+        await seg.append(wide(["c"]), 1)
+
+    asyncio.run(go())
+    assert len(seg._retired) == 1
+    assert [rows for *_, rows in seg.seal_now()] == [1, 2]
+    assert _ids(logs) == Counter({"a": 1, "b": 1, "c": 1})
+
+
+def test_a_caller_whose_rows_cannot_be_built_fails_alone(tmp_path):
+    logs, seg = _log(tmp_path)
+
+    def broken(t):
+        raise ValueError("no rows")
+
+    async def go():
+        return await asyncio.gather(seg.append(_rows(["a"]), 1), seg.append(broken, 1),
+                                    seg.append(_rows(["b"]), 1), return_exceptions=True)
+
+    out = asyncio.run(go())
+    assert isinstance(out[1], ValueError) and not isinstance(out[0], Exception) and not isinstance(out[2], Exception)
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1, "b": 1})
+
+
+def test_a_failed_write_fails_its_caller_and_the_next_append_uses_a_fresh_segment(tmp_path, monkeypatch):
+    logs, seg = _log(tmp_path)
+    real_write = os.write
+    state = {"fail": False}
+
+    def write(fd, data):
+        if state["fail"]:
+            real_write(fd, bytes(data)[:7])  # a partial record, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+    async def go():
+        await seg.append(_rows(["a"]), 1)
+        state["fail"] = True
+        with pytest.raises(OSError):
+            await seg.append(_rows(["lost"]), 1)
+        state["fail"] = False
+        await seg.append(_rows(["b"]), 1)
+
+    asyncio.run(go())
+    assert len(_segments(logs)) == 2
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1, "b": 1})  # the torn record after "a" is dropped
+
+
+def test_a_failed_sync_drops_the_unsynced_rows_and_fails_their_callers(tmp_path, monkeypatch):
+    logs, seg = _log(tmp_path, inline_idle_s=0.0)
+    real = os.fdatasync
+    state = {"fail": False}
+
+    def fdatasync(fd):
+        if state["fail"]:
+            raise OSError(5, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    async def go():
+        await seg.append(_rows(["a"]), 1)
+        state["fail"] = True
+        with pytest.raises(OSError):
+            await seg.append(_rows(["unsynced"]), 1)
+        state["fail"] = False
+        await seg.append(_rows(["b"]), 1)
+
+    asyncio.run(go())
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1, "b": 1})
+
+
+def test_the_seal_loop_seals_on_its_own_and_reports_the_files(tmp_path):
+    logs = ModelLogs(Storage(str(tmp_path)), "m")
+    reported: list = []
+    seg = SegmentLog(logs, logs.predictions_prefix, replica="r1", seal_s=0.05, on_sealed=reported.extend)
+
+    async def go():
+        await seg.append(_rows(["a"]), 1)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if reported:
+                break
+        seg.close()
+
+    asyncio.run(go())
+    assert [p for p, *_ in reported] == logs.storage.list(logs.predictions_prefix, suffix=".parquet")
+    assert _ids(logs) == Counter({"a": 1}) and _segments(logs) == []
+
+
+def test_close_seals_what_is_left(tmp_path):
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a"], ["b"]]))
+    seg.close()
+    assert _segments(logs) == [] and sum(_ids(logs).values()) == 2
+
+
+def test_feedback_finds_a_prediction_another_replica_has_not_sealed_yet(tmp_path):
+    """Replica r2 answered ``x`` (and failed/shadowed others); replica r1's feedback check
+    must find ``x`` before r2 seals, and only the served row counts."""
+    logs = ModelLogs(Storage(str(tmp_path)), "m")
+    r2 = SegmentLog(logs, logs.predictions_prefix, replica="r2", seal_s=None, clock=lambda: T0)
+    feats = feature_arrays({"f": [0.1]}, ["f"], set())
+
+    def pred(rid, **kw):
+        return lambda t: logs.prediction_rows(request_ids=[rid], t=t, version="v0001", features=feats,
+                                              predictions=[1], confidence=[0.9], latency_ms=1.0, **kw)
+
+    async def go():
+        await r2.append(pred("a" * 32), 1)
+        await r2.append(pred("b" * 32, shadow=True), 1)
+        await r2.append(pred("c" * 32, error="timeout: slow"), 1)
+        book = FeedbackBook(logs, horizon_s=3600)
+        return await book.served.find({"a" * 32, "b" * 32, "c" * 32}, since=T0 - 10, max_age_s=0.0, now=T0 + 1)
+
+    assert asyncio.run(go()) == {"a" * 32: T0}
+    assert search_segments(logs.storage, logs.predictions_prefix, {"c" * 32}, served_only=False) == {"c" * 32: T0}
+    r2.seal_now()
+    assert search_segments(logs.storage, logs.predictions_prefix, {"a" * 32}, served_only=True) == {}
+
+
+def test_a_segment_log_needs_a_local_root():
+    logs = ModelLogs(Storage("mock://bucket/root"), "m")
+    with pytest.raises(ValueError, match="local storage root"):
+        SegmentLog(logs, logs.predictions_prefix)

@@ -44,6 +44,8 @@ the prediction log. A failed check makes the exit status 1.
   is ``k`` + a negative binomial; ``evidence`` is its 95th percentile
   (:data:`EVIDENCE_QUANTILE`) over ``--rate`` (the mean, ``k / w / rate``, is printed
   too);
+  The latency verdict needs ``n`` timed *requests* (one latency sample per request:
+  its rows share it), so for the latency case ``k = n``;
 * ``delay``: the injected delay (latency case only): a slow answer is logged, and can
   be judged, only once it has been answered;
 * ``tick`` = ``controller.tick_seconds``: the next tick lists the log, decides and
@@ -206,8 +208,11 @@ class Bound:
                 f" mean {self.mean_evidence_s:.2f} s){delay} + tick {self.tick_s:.2f} s = {self.seconds:.2f} s")
 
 
-def bound(cfg: Config, rate: float, batch: int, delay_s: float = 0.0) -> Bound:
+def bound(cfg: Config, rate: float, batch: int, delay_s: float = 0.0, per_request: bool = False) -> Bound:
     """The time a failing canary may take to reach 0%, from ``cfg`` and the offered load.
+
+    ``per_request``: the verdict needs ``n`` *requests*, not rows (the latency verdict:
+    one latency sample per request, since the rows of a request share its latency).
 
     >>> from lifelong_ray.config import load_config
     >>> cfg = load_config("configs/demo.yaml").with_overrides(controller={"tick_seconds": 0.5})
@@ -216,14 +221,17 @@ def bound(cfg: Config, rate: float, batch: int, delay_s: float = 0.0) -> Bound:
     (20, 5, 89.0, 2.53)
     >>> round(bound(cfg, rate=50.0, batch=4, delay_s=0.2).seconds, 2)
     2.73
+    >>> lat = bound(cfg, rate=50.0, batch=4, delay_s=0.2, per_request=True)
+    >>> lat.rows_needed, lat.canary_requests
+    (80, 20)
     """
     if rate <= 0 or batch < 1:
         raise ValueError(f"rate must be > 0 and batch >= 1 (got {rate}, {batch})")
     n = min(MIN_SERVED_FOR_RATES, cfg.rollout.min_labeled_per_step)
     w = cfg.rollout.canary_steps[0] / 100.0
-    k = math.ceil(n / batch)
+    k = n if per_request else math.ceil(n / batch)
     requests_q = k + float(nbinom.ppf(EVIDENCE_QUANTILE, k, w))
-    return Bound(rows_needed=n, weight=w, canary_requests=k, requests_q=requests_q, rate=rate,
+    return Bound(rows_needed=k * batch if per_request else n, weight=w, canary_requests=k, requests_q=requests_q, rate=rate,
                  pickup_s=cfg.serving.routing_poll_seconds, evidence_s=requests_q / rate, delay_s=delay_s,
                  tick_s=cfg.controller.tick_seconds)
 
@@ -713,7 +721,7 @@ def run_case(stack: Stack, traffic: Traffic, log: PredictionLog, kind: str, say:
         time.sleep(POLL_S)
     rolled = [e for e in _events(storage, {EventKind.ROLLED_BACK}, t_cmd) if e.version == candidate]
     started = [e for e in _events(storage, {EventKind.CANARY_STARTED}, t_cmd) if e.version == candidate]
-    b = bound(cfg, s.rate, s.batch, delay_s=fault.get("delay_ms", 0.0) / 1000)
+    b = bound(cfg, s.rate, s.batch, delay_s=fault.get("delay_ms", 0.0) / 1000, per_request=kind == "latency")
     parts = breakdown(log.refresh(), candidate=candidate, kind=kind, delay_ms=fault.get("delay_ms", 0.0), t0=t0, t1=t1,
                       step_started=started[0].t if started else t_cmd, decided=rolled[0].t if rolled else math.nan,
                       rows_needed=b.rows_needed)

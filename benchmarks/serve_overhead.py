@@ -678,7 +678,7 @@ def print_tables(r: dict[str, Any]) -> None:
         console.print(b)
     n_requests = 2 * s["warmup"] + s["rounds"] * (s["latency_requests"] + s["throughput_requests"])
     console.print(f"router prediction log: {r['prediction_log_rows']:,} rows in {r['prediction_log_files']:,} files "
-                  f"for {n_requests:,} requests (group commit)")
+                  f"for {n_requests:,} requests (sealed segments, or group commit without data.log_segments)")
     g = Table(title="Targets (issue 5)")
     for col in ("target", "measured", "met"):
         g.add_column(col)

@@ -14,7 +14,9 @@ and what it predicted; both null for batch-ingested rows), written by the
 controller and by batch ingest; training windows read it.
 
 A writer call returns only after the file is in place, so an HTTP handler that
-awaits it answers 2xx only for durable records. :class:`LogTail` reads each row
+awaits it answers 2xx only for durable records. On a local root the ingress writes
+its prediction rows through a segment log instead (:mod:`lifelong_ray.data.segments`:
+durable on return, sealed into files of this layout every ``data.log_seal_seconds``). :class:`LogTail` reads each row
 exactly once, tolerating files that appear out of name order and files that
 compaction merges (see below). Configured PII fields (``data.pii_fields``: the
 routing ``key``) are hashed before a row is written (:mod:`lifelong_ray.data.privacy`);

@@ -108,6 +108,17 @@ def test_bound_adds_poll_evidence_delay_and_tick(bench, cfg):
     assert f"= {slow.seconds:.2f} s" in text and "2 requests = 20 rows" in text
 
 
+def test_the_latency_bound_waits_for_n_timed_requests_not_n_rows(bench, cfg):
+    """One latency sample per request (its rows share it): the latency verdict needs
+    MIN_SERVED_FOR_RATES canary requests whatever the batch size."""
+    c = cfg.with_overrides(controller={"tick_seconds": 0.5}, rollout={"min_labeled_per_step": 60})
+    lat = bench.bound(c, rate=25.0, batch=10, delay_s=2.0, per_request=True)
+    assert (lat.canary_requests, lat.rows_needed) == (20, 200)
+    assert lat.requests_q == 20 + nbinom.ppf(0.95, 20, 0.1)
+    assert lat.evidence_s > bench.bound(c, rate=25.0, batch=10).evidence_s * 5
+    assert "20 requests = 200 rows" in lat.formula()
+
+
 def test_bound_follows_the_config(bench, cfg):
     few = cfg.with_overrides(rollout={"min_labeled_per_step": 8, "canary_steps": [25, 100]},
                              serving={"routing_poll_seconds": 1.0}, controller={"tick_seconds": 2.0})

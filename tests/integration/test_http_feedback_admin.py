@@ -269,6 +269,7 @@ def test_killing_the_ingress_mid_predicts_loses_no_answered_prediction_and_dupli
     assert _eventually(lambda: len(acked) >= 100, 60, 0.01)
     ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
     killed_after = len(acked)
+    orphaned = _segment_ids(app)  # what the dead replica had answered but not sealed
     assert _eventually(lambda: (names := _replica_actor_names()) and names != before and requests.get(
         f"{app['base']}/healthz", timeout=2).status_code == 200, 120, 0.5)
     time.sleep(1.0)
@@ -280,7 +281,16 @@ def test_killing_the_ingress_mid_predicts_loses_no_answered_prediction_and_dupli
     served = table.filter(pc.and_(pc.is_null(table.column("error")), pc.invert(table.column("shadow"))))
     counts = Counter(rid for rid in served.column("request_id").to_pylist())
     assert [rid for rid in acked if counts[rid] != 1] == []
-    print(f"\nkilled after {killed_after} answered ids; {len(acked)} answered in all, each logged once")
+    assert all(counts[rid] == 1 for rid in orphaned)
+    print(f"\nkilled after {killed_after} answered ids, {len(orphaned)} of them in the dead replica's open "
+          f"segment; {len(acked)} answered in all, each logged once")
+
+
+def _segment_ids(app) -> set[str]:
+    from lifelong_ray.data.segments import open_segment_tables
+
+    tables = open_segment_tables(app["storage"], f"models/{MODEL}/predictions")
+    return {rid for t in tables for rid in t.column("request_id").to_pylist()}
 
 # --------------------------------------------------------------------------------------
 # label requests

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pytest
 import requests
 
+from itest_helpers import wait_for_sealed
+
 pytestmark = pytest.mark.integration
 
 MODEL = "mscrape"
@@ -197,6 +199,7 @@ def test_controller_state_reaches_the_scrape(served, cfg):
     # every other label wrong: 50% accuracy against a 0.95 reference
     _feedback(served, [{"request_id": rid, "label": int(p if i % 2 else 1 - p)}
                        for i, (rid, p) in enumerate(zip(ids, preds))])
+    wait_for_sealed(served["storage"], MODEL)  # the controller reads predictions once the ingress sealed them
     ctrl = Controller(cfg)
     for _ in range(2):
         ctrl.tick()

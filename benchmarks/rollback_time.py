@@ -32,7 +32,7 @@ the prediction log. A failed check makes the exit status 1.
 
 **The bound** (:func:`bound`), from the config and the offered load:
 
-    bound = pickup + evidence + delay + tick
+    bound = pickup + evidence + delay + seal + tick
 
 * ``pickup`` = ``serving.routing_poll_seconds``: the ingress re-reads ``faults.json``
   with the routing table, so the canary starts failing at most one poll after ``T0``;
@@ -48,6 +48,9 @@ the prediction log. A failed check makes the exit status 1.
   its rows share it), so for the latency case ``k = n``;
 * ``delay``: the injected delay (latency case only): a slow answer is logged, and can
   be judged, only once it has been answered;
+* ``seal`` = ``data.log_seal_seconds`` (with ``data.log_segments``, the default on a
+  local root): an answered row reaches the parquet log the controller reads when the
+  ingress seals its segment;
 * ``tick`` = ``controller.tick_seconds``: the next tick lists the log, decides and
   writes the routing table.
 
@@ -174,7 +177,7 @@ def fault_spec(kind: str, champion_p95_ms: float | None = None) -> dict[str, flo
 
 @dataclass(frozen=True)
 class Bound:
-    """``pickup + evidence + delay + tick`` (seconds) and what they are made of."""
+    """``pickup + evidence + delay + seal + tick`` (seconds) and what they are made of."""
 
     rows_needed: int        # n: canary rows in the step before rates and latency are judged
     weight: float           # the canary's share of requests in its first step (0..1)
@@ -185,10 +188,11 @@ class Bound:
     evidence_s: float
     delay_s: float
     tick_s: float
+    seal_s: float = 0.0     # data.log_seal_seconds: answered rows reach the log when the ingress seals
 
     @property
     def seconds(self) -> float:
-        return self.pickup_s + self.evidence_s + self.delay_s + self.tick_s
+        return self.pickup_s + self.evidence_s + self.delay_s + self.seal_s + self.tick_s
 
     @property
     def mean_evidence_s(self) -> float:
@@ -202,6 +206,7 @@ class Bound:
         poll 0.25 s + evidence 1.78 s (p95 of the offered requests until the canary at 10% served 5 requests = 20 rows: 89 requests at 50/s; mean 1.00 s) + tick 0.50 s = 2.53 s
         """
         delay = f" + delay {self.delay_s:.2f} s" if self.delay_s else ""
+        delay += f" + seal {self.seal_s:.2f} s" if self.seal_s else ""
         return (f"poll {self.pickup_s:.2f} s + evidence {self.evidence_s:.2f} s (p{EVIDENCE_QUANTILE * 100:.0f} of the"
                 f" offered requests until the canary at {self.weight:.0%} served {self.canary_requests} requests"
                 f" = {self.rows_needed} rows: {self.requests_q:.0f} requests at {self.rate:g}/s;"
@@ -217,10 +222,10 @@ def bound(cfg: Config, rate: float, batch: int, delay_s: float = 0.0, per_reques
     >>> from lifelong_ray.config import load_config
     >>> cfg = load_config("configs/demo.yaml").with_overrides(controller={"tick_seconds": 0.5})
     >>> b = bound(cfg, rate=50.0, batch=4)
-    >>> b.rows_needed, b.canary_requests, b.requests_q, round(b.seconds, 2)
-    (20, 5, 89.0, 2.53)
+    >>> b.rows_needed, b.canary_requests, b.requests_q, round(b.seconds, 2), b.seal_s
+    (20, 5, 89.0, 2.78, 0.25)
     >>> round(bound(cfg, rate=50.0, batch=4, delay_s=0.2).seconds, 2)
-    2.73
+    2.98
     >>> lat = bound(cfg, rate=50.0, batch=4, delay_s=0.2, per_request=True)
     >>> lat.rows_needed, lat.canary_requests
     (80, 20)
@@ -233,7 +238,8 @@ def bound(cfg: Config, rate: float, batch: int, delay_s: float = 0.0, per_reques
     requests_q = k + float(nbinom.ppf(EVIDENCE_QUANTILE, k, w))
     return Bound(rows_needed=k * batch if per_request else n, weight=w, canary_requests=k, requests_q=requests_q, rate=rate,
                  pickup_s=cfg.serving.routing_poll_seconds, evidence_s=requests_q / rate, delay_s=delay_s,
-                 tick_s=cfg.controller.tick_seconds)
+                 tick_s=cfg.controller.tick_seconds,
+                 seal_s=cfg.data.log_seal_seconds if cfg.data.log_segments else 0.0)
 
 
 def faulty_rows(rows: pd.DataFrame, kind: str, delay_ms: float = 0.0) -> pd.Series:

@@ -59,20 +59,20 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from lifelong_ray.data.logs import GroupCommit, ModelLogs, RowsAt, _file_name, day_of, table_to_bytes
+from lifelong_ray.data.logs import GroupCommit, ModelLogs, RowsAt, _file_name, table_to_bytes
 from lifelong_ray.storage import Storage, _fsync_dir
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".arrows"
-#: end-of-stream marker of the Arrow IPC stream format (continuation token, zero length)
-_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+#: where a sealed segment whose end could not be read is kept for review (under its segment dir)
+DAMAGED_DIR = "damaged"
 #: how often a replica looks for orphaned segments of dead replicas
 ORPHAN_SCAN_S = 5.0
 #: a segment is sealed early once it holds this many rows
 MAX_SEGMENT_ROWS = 100_000
 
-#: ``(sealed parquet path, t_min, t_max)`` per file a seal wrote; ``rows`` in the third slot of ``seal_now``
+#: ``(sealed parquet path, t_min, t_max)`` per file a seal wrote (``seal_now`` adds the rows, fourth)
 Sealed = tuple[str, float, float]
 
 
@@ -83,17 +83,17 @@ def segment_dir(prefix: str) -> str:
     return f"{base}/segments/{name}"
 
 
-def read_segment(path: str) -> pa.Table | None:
-    """Every complete record of the segment file at ``path`` (a full local path), or
-    None when it holds none. A torn tail (a record cut short by a crash) is dropped."""
+def _read(path: str) -> tuple[pa.Table | None, str | None]:
+    """The complete records of the segment at ``path`` and, when its end could not be
+    read, why (a record torn by a crash, or damage)."""
     with open(path, "rb") as fh:
         data = fh.read()
     if not data:
-        return None
+        return None, None
     try:
         reader = pa.ipc.open_stream(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError):  # not even a whole schema message: nothing was acknowledged
-        return None
+    except (pa.ArrowInvalid, OSError) as err:  # not even a whole schema message
+        return None, f"no readable schema ({err})"
     batches = []
     while True:
         try:
@@ -101,11 +101,16 @@ def read_segment(path: str) -> pa.Table | None:
         except StopIteration:
             break
         except (pa.ArrowInvalid, OSError) as err:
-            log.warning("segment %s ends in a torn record (%s): kept %d complete records", path, err, len(batches))
-            break
-    if not batches:
-        return None
-    return pa.Table.from_batches(batches, schema=reader.schema)
+            return (pa.Table.from_batches(batches, schema=reader.schema) if batches else None,
+                    f"unreadable after {len(batches)} records ({err})")
+    return (pa.Table.from_batches(batches, schema=reader.schema) if batches else None), None
+
+
+def read_segment(path: str) -> pa.Table | None:
+    """Every complete record of the segment file at ``path`` (a full local path), or
+    None when it holds none. A record still being written (a live segment) or torn by
+    a crash is left out."""
+    return _read(path)[0]
 
 
 def open_segment_tables(storage: Storage, prefix: str) -> list[pa.Table]:
@@ -136,12 +141,12 @@ def seal_file(logs: ModelLogs, prefix: str, full: str, *, fsync: bool) -> list[t
 
     Idempotent: the files are named by the segment and the day, and one that exists
     already (an earlier seal that died before the unlink) is kept as it is."""
-    table = read_segment(full)
+    table, damage = _read(full)
     stem = os.path.basename(full)[: -len(SEGMENT_SUFFIX)]
     out: list[tuple[str, float, float, int]] = []
     if table is not None and table.num_rows:
         t = table.column("t").to_numpy(zero_copy_only=False).astype(np.float64)
-        days = np.array([day_of(x) for x in t])
+        days = np.where(t > 1e8, np.floor(t / 86400.0), 0.0).astype(np.int64).astype("datetime64[D]").astype(str)
         for day in sorted(set(days.tolist())):
             mask = days == day
             part = table.filter(pa.array(mask)) if not mask.all() else table
@@ -150,7 +155,14 @@ def seal_file(logs: ModelLogs, prefix: str, full: str, *, fsync: bool) -> list[t
             if not logs.storage.exists(name):
                 logs.storage.write_bytes(name, table_to_bytes(part), fsync=fsync)
             out.append((name, float(t_day.min()), float(t_day.max()), part.num_rows))
-    os.unlink(full)
+    if damage is None:
+        os.unlink(full)
+    else:  # its readable records are sealed; the bytes are kept for review, never deleted
+        keep = f"{os.path.dirname(full)}/{DAMAGED_DIR}"
+        os.makedirs(keep, exist_ok=True)
+        os.replace(full, f"{keep}/{os.path.basename(full)}")
+        log.warning("segment %s: %s; %d readable rows sealed, the file kept in %s/ (a record torn by a crash "
+                    "was never answered)", full, damage, sum(r for *_, r in out), DAMAGED_DIR)
     if fsync:
         _fsync_dir(os.path.dirname(full))
     return out
@@ -188,7 +200,11 @@ def seal_orphans(logs: ModelLogs, prefix: str, *, fsync: bool,
                     continue
             except FileNotFoundError:
                 continue
-            out.extend(seal_file(logs, prefix, full, fsync=fsync))
+            try:
+                out.extend(seal_file(logs, prefix, full, fsync=fsync))
+            except Exception:  # noqa: BLE001 - the next scan retries; the other orphans go on
+                log.exception("could not seal orphaned segment %s", name)
+                continue
             log.info("sealed orphaned segment %s", name)
         finally:
             os.close(fd)
@@ -218,12 +234,12 @@ class _Segment:
     written: int = 0   # bytes handed to the kernel
     synced: int = 0    # bytes known durable
     broken: bool = False
+    retired: bool = False  # no longer appended to; on the retired list until sealed
     flusher: asyncio.Task[None] | None = None
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
-    idle_since: float = -float("inf")
 
     @classmethod
-    def create(cls, directory: str, stem: str, schema: pa.Schema) -> "_Segment":
+    def create(cls, directory: str, stem: str, schema: pa.Schema, *, fsync: bool) -> "_Segment":
         os.makedirs(directory, exist_ok=True)
         tmp = f"{directory}/.{stem}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -232,11 +248,19 @@ class _Segment:
             seg = cls(f"{directory}/{stem}{SEGMENT_SUFFIX}", fd, schema)
             seg.write(schema.serialize().to_pybytes())
             os.rename(tmp, seg.full)  # locked before any scanner can see it
+            if fsync:  # the name too must survive a power loss before the first 2xx
+                _fsync_dir(directory)
         except BaseException:
             os.close(fd)
-            os.unlink(tmp)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
             raise
         return seg
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -277,6 +301,7 @@ class SegmentLog:
         self._seq = 0
         self._current: _Segment | None = None
         self._retired: list[_Segment] = []  # no longer appended to, not sealed yet
+        self._idle_since = -float("inf")  # monotonic time the last sync of any segment ended
         self._sealer: asyncio.Task[None] | None = None
         self._scanned_at = -float("inf")
 
@@ -308,13 +333,14 @@ class SegmentLog:
         if seg is not None:
             self._retire(seg)
         self._seq += 1
-        self._current = _Segment.create(self.directory, f"{self.replica}-{self._seq:06d}", schema)
+        self._current = _Segment.create(self.directory, f"{self.replica}-{self._seq:06d}", schema,
+                                        fsync=self.logs.fsync)
         return self._current
 
     async def _sync(self, seg: _Segment, target: int) -> None:
         if seg.synced >= target:
             return
-        if seg.flusher is None and time.monotonic() - seg.idle_since >= self.inline_idle_s:
+        if seg.flusher is None and time.monotonic() - self._idle_since >= self.inline_idle_s:
             end = seg.written  # nobody to share an fdatasync with: do it here, no thread hop
             try:
                 os.fdatasync(seg.fd)
@@ -322,7 +348,7 @@ class SegmentLog:
                 self._fail_sync(seg)
                 raise
             finally:
-                seg.idle_since = time.monotonic()
+                self._idle_since = time.monotonic()
             seg.synced = max(seg.synced, end)
             self.inline_syncs += 1
             return
@@ -355,7 +381,7 @@ class SegmentLog:
                         keep.append((target, done))
                 seg.waiters = keep
         finally:
-            seg.idle_since = time.monotonic()
+            self._idle_since = time.monotonic()
             for _, done in seg.waiters:  # cancelled: nobody may wait forever
                 if not done.done():
                     done.set_exception(RuntimeError("the log writer stopped before syncing these rows"))
@@ -365,19 +391,23 @@ class SegmentLog:
     def _fail_sync(self, seg: _Segment) -> None:
         """A failed fdatasync: drop what was not known durable (its callers get the error)."""
         seg.broken = True
-        try:
-            os.ftruncate(seg.fd, seg.synced)
-            seg.written = seg.synced
-        except OSError:
-            log.exception("could not truncate segment %s after a failed sync", seg.full)
+        if seg.fd >= 0:
+            try:
+                os.ftruncate(seg.fd, seg.synced)
+                seg.written = seg.synced
+            except OSError:
+                log.exception("could not truncate segment %s after a failed sync", seg.full)
         self._retire(seg)
 
     # -- sealing ----------------------------------------------------------------------
     def _retire(self, seg: _Segment) -> None:
-        """Stop appending to ``seg``; it is sealed by the next seal pass (or :meth:`close`)."""
+        """Stop appending to ``seg``; it is sealed by the next seal pass (or :meth:`close`).
+        Once only: a segment is never on the retired list twice."""
         if seg is self._current:
             self._current = None
-        self._retired.append(seg)
+        if not seg.retired:
+            seg.retired = True
+            self._retired.append(seg)
 
     async def _seal_loop(self) -> None:
         assert self.seal_s is not None
@@ -393,49 +423,63 @@ class SegmentLog:
         ``ORPHAN_SCAN_S`` also the orphans of dead replicas."""
         if self._current is not None and self._current.rows:
             self._retire(self._current)
-        segs, self._retired = self._retired, []
-        for seg in segs:  # wait for in-flight syncs: their callers must see them finish first
-            if seg.flusher is not None:
-                await asyncio.shield(seg.flusher)
+        # segments with a sync in flight wait for the next pass: their callers are answered first
+        ready = [seg for seg in self._retired if seg.flusher is None]
+        self._retired = [seg for seg in self._retired if seg.flusher is not None]
         scan = time.monotonic() - self._scanned_at >= ORPHAN_SCAN_S
         if scan:
             self._scanned_at = time.monotonic()
-        files = await asyncio.to_thread(self._seal_sync, segs, scan)
-        sealed = [(p, a, b) for p, a, b, _ in files]
+        try:
+            own, orphans = await asyncio.to_thread(self._seal_sync, ready, scan)
+        except BaseException:
+            self._retired.extend(s for s in ready if s.fd >= 0)  # cancelled mid-seal: retried later
+            raise
+        sealed = [(p, a, b) for p, a, b, _ in own]
         if sealed and self.on_sealed is not None:
             self.on_sealed(sealed)
-        return sealed
+        return sealed + [(p, a, b) for p, a, b, _ in orphans]
 
-    def _seal_sync(self, segs: list[_Segment], scan: bool) -> list[tuple[str, float, float, int]]:
-        out = []
+    def _seal_sync(self, segs: list[_Segment],
+                   scan: bool) -> tuple[list[tuple[str, float, float, int]], list[tuple[str, float, float, int]]]:
+        """Seal ``segs`` (this log's own; one that fails stays retired, locked, and is
+        retried next pass) and, if ``scan``, the orphans of dead replicas.
+        ``(own files, orphan files)``: only the own files' ids are in this replica's memory."""
+        own: list[tuple[str, float, float, int]] = []
         for seg in segs:
             try:
-                out.extend(seal_file(self.logs, self.prefix, seg.full, fsync=self.logs.fsync))
-            except FileNotFoundError:
-                pass  # sealed by a scanner after this process let go of it (cannot happen while locked)
-            finally:
-                os.close(seg.fd)
+                own.extend(seal_file(self.logs, self.prefix, seg.full, fsync=self.logs.fsync))
+            except Exception:  # noqa: BLE001 - keep it (and its lock) for the next pass
+                log.exception("could not seal segment %s; retrying next pass", seg.full)
+                self._retired.append(seg)
+                continue
+            seg.close()
+        orphans: list[tuple[str, float, float, int]] = []
         if scan:
-            mine = frozenset({self._current.full} if self._current is not None else ())
-            out.extend(seal_orphans(self.logs, self.prefix, fsync=self.logs.fsync, skip=mine))
-        return out
+            mine = frozenset({s.full for s in (self._current, *self._retired) if s is not None})
+            orphans = seal_orphans(self.logs, self.prefix, fsync=self.logs.fsync, skip=mine)
+        return own, orphans
 
     def seal_now(self) -> list[tuple[str, float, float, int]]:
-        """Seal everything this log holds, synchronously (no sync may be in flight:
-        tests, and :meth:`close` at shutdown). ``(path, t_min, t_max, rows)`` per file."""
+        """Seal, synchronously, every segment of this log with no sync in flight (tests,
+        and :meth:`close` at shutdown: a segment still syncing is left locked, and sealed
+        as an orphan once this process is gone). ``(path, t_min, t_max, rows)`` per file."""
         if self._current is not None:
             self._retire(self._current)
-        segs, self._retired = self._retired, []
-        files = self._seal_sync(segs, scan=False)
-        if files and self.on_sealed is not None:
-            self.on_sealed([(p, a, b) for p, a, b, _ in files])
-        return files
+        ready = [seg for seg in self._retired if seg.flusher is None]
+        self._retired = [seg for seg in self._retired if seg.flusher is not None]
+        own, _ = self._seal_sync(ready, scan=False)
+        if own and self.on_sealed is not None:
+            self.on_sealed([(p, a, b) for p, a, b, _ in own])
+        return own
 
     def close(self) -> None:
-        """Stop the seal loop and seal what is left (a replica shutting down)."""
-        if self._sealer is not None:
-            self._sealer.cancel()
-            self._sealer = None
+        """Stop the seal loop and seal what is left (a replica shutting down). Never raises."""
+        try:
+            if self._sealer is not None:
+                self._sealer.cancel()
+        except Exception:  # noqa: BLE001 - the loop may be closed already (garbage collection)
+            pass
+        self._sealer = None
         try:
             self.seal_now()
         except Exception:  # noqa: BLE001 - the next replica seals it as an orphan

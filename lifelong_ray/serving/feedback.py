@@ -304,10 +304,17 @@ class LogIndex:
 
     async def find(self, ids: set[str], *, since: float, max_age_s: float, now: float) -> dict[str, float]:
         """``t`` of each of ``ids`` this log holds with ``t >= since`` (older ones may be
-        reported too); memory first, then files not read yet (if the last listing is
-        older than ``max_age_s``), then a search of the files that evictions hid."""
+        reported too); memory first, then the open segments of every replica (rows not
+        sealed yet), then files not read yet (if the last listing is older than
+        ``max_age_s``), then a search of the files that evictions hid. Segments come
+        before the listing: a seal writes its parquet before it deletes the segment, so
+        a row that left the segments meanwhile is in the listing."""
         hits = {rid: t for rid in ids if (t := self.ids.get(rid)) is not None}
         rest = ids - set(hits)
+        if rest and self.segments:  # answered by another replica less than a seal interval ago
+            hits.update(await asyncio.to_thread(search_segments, self.storage, self.prefix, rest,
+                                                self.served_only))
+            rest -= set(hits)
         if rest and time.monotonic() - self.listed_at >= max_age_s:
             listed = time.monotonic()
             reads = await asyncio.to_thread(read_new_files, self.storage, self.prefix, set(self.spans),
@@ -318,10 +325,6 @@ class LogIndex:
         if rest and self.ids.evicted_max_t >= since:
             paths = self.files_overlapping(since, self.ids.evicted_max_t)
             hits.update(await asyncio.to_thread(search_files, self.storage, paths, rest, self.served_only))
-            rest -= set(hits)
-        if rest and self.segments:  # answered by another replica less than a seal interval ago
-            hits.update(await asyncio.to_thread(search_segments, self.storage, self.prefix, rest,
-                                                self.served_only))
         return hits
 
 

@@ -100,11 +100,13 @@ def test_bound_adds_poll_evidence_delay_and_tick(bench, cfg):
     assert b.requests_q == 2 + nbinom.ppf(0.95, 2, 0.1)                      # 46 requests
     assert b.evidence_s == pytest.approx(b.requests_q / 25.0)
     assert b.mean_evidence_s == pytest.approx(2 / 0.1 / 25.0)                # 0.8 s
-    assert b.seconds == pytest.approx(c.serving.routing_poll_seconds + b.evidence_s + 0.5)
+    assert b.seal_s == c.data.log_seal_seconds == 0.25
+    assert b.seconds == pytest.approx(c.serving.routing_poll_seconds + b.evidence_s + 0.25 + 0.5)
+    assert bench.bound(c.with_overrides(data={"log_segments": False}), rate=25.0, batch=10).seal_s == 0.0
     slow = bench.bound(c, rate=25.0, batch=10, delay_s=0.3)
     assert slow.seconds == pytest.approx(b.seconds + 0.3)
     text = slow.formula()
-    assert "poll 0.25 s" in text and "+ delay 0.30 s" in text and "tick 0.50 s" in text
+    assert "poll 0.25 s" in text and "+ delay 0.30 s" in text and "+ seal 0.25 s" in text and "tick 0.50 s" in text
     assert f"= {slow.seconds:.2f} s" in text and "2 requests = 20 rows" in text
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from lifelong_ray.data.logs import LogTail, ModelLogs, feature_arrays, feedback_rows
-from lifelong_ray.data.segments import (SEGMENT_SUFFIX, SegmentLog, read_segment, seal_orphans,
+from lifelong_ray.data.segments import (DAMAGED_DIR, SEGMENT_SUFFIX, SegmentLog, read_segment, seal_orphans,
                                         segment_dir)
 from lifelong_ray.serving.feedback import FeedbackBook, search_segments
 from lifelong_ray.storage import Storage
@@ -128,6 +128,7 @@ def test_a_dead_replicas_torn_segment_is_sealed_with_its_complete_records_only(t
     sealed = seal_orphans(logs, logs.predictions_prefix, fsync=True)
     assert [rows for *_, rows in sealed] == [3]
     assert _ids(logs) == Counter({"a": 1, "b": 1, "c": 1})
+    assert os.listdir(f"{seg.directory}/{DAMAGED_DIR}") == [name]  # the bytes are kept for review
 
 
 def test_a_live_replicas_segment_is_never_taken_as_an_orphan(tmp_path):
@@ -280,3 +281,66 @@ def test_a_segment_log_needs_a_local_root():
     logs = ModelLogs(Storage("mock://bucket/root"), "m")
     with pytest.raises(ValueError, match="local storage root"):
         SegmentLog(logs, logs.predictions_prefix)
+
+
+def test_a_segment_that_fails_to_seal_stays_locked_and_is_sealed_on_the_next_pass(tmp_path, monkeypatch):
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a"], ["b"]]))
+    real = logs.storage.write_bytes
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(logs.storage, "write_bytes", flaky)
+    assert asyncio.run(seg.seal()) == []
+    (kept,) = seg._retired
+    assert kept.fd >= 0 and _segments(logs) and seal_orphans(logs, logs.predictions_prefix, fsync=True) == []
+    assert [n for *_, n in seg.seal_now()] == [2] and kept.fd == -1
+    assert _ids(logs) == Counter({"a": 1, "b": 1}) and _segments(logs) == []
+
+
+def test_retiring_twice_keeps_one_entry_and_a_failed_sync_of_a_retired_segment_closes_nothing(tmp_path,
+                                                                                                  monkeypatch):
+    logs, seg = _log(tmp_path, inline_idle_s=0.0)
+    asyncio.run(_append_all(seg, [["a"]]))
+    first = seg._current
+    seg._retire(first)
+    seg._retire(first)
+    seg._fail_sync(first)  # e.g. the flusher's fdatasync failed while a seal waited for it
+    assert seg._retired == [first]
+    asyncio.run(_append_all(seg, [["b"]]))  # a new segment, its own fd
+    assert seg._current is not first and seg._current.fd != first.fd
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1, "b": 1})
+
+
+def test_orphans_a_replica_seals_are_read_back_by_its_feedback_book(tmp_path):
+    """Only this replica's own sealed files skip the read-back: their ids are in its memory,
+    a dead replica's are not."""
+    logs = ModelLogs(Storage(str(tmp_path)), "m")
+    feats = feature_arrays({"f": [0.1]}, ["f"], set())
+
+    def pred(rid):
+        return lambda t: logs.prediction_rows(request_ids=[rid], t=t, version="v0001", features=feats,
+                                              predictions=[1], confidence=[0.9], latency_ms=1.0)
+
+    dead = SegmentLog(logs, logs.predictions_prefix, replica="dead", seal_s=None, clock=lambda: T0)
+    asyncio.run(dead.append(pred("d" * 32), 1))
+    dead._current.close()  # the process died holding it
+    dead._current = None
+
+    async def go():
+        book = FeedbackBook(logs, horizon_s=3600)
+        live = SegmentLog(logs, logs.predictions_prefix, replica="live", seal_s=None, clock=lambda: T0,
+                          on_sealed=book.served_sealed)
+        await live.append(pred("e" * 32), 1)
+        book.served_now(None, ["e" * 32], T0)
+        sealed = await live.seal()  # its own segment and, on this first pass, the orphan
+        assert len(sealed) == 2 and len(book.served.spans) == 1
+        return await book.served.find({"d" * 32, "e" * 32}, since=T0 - 10, max_age_s=0.0, now=T0 + 1)
+
+    assert asyncio.run(go()) == {"d" * 32: T0, "e" * 32: T0}

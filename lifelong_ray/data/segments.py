@@ -113,21 +113,25 @@ def read_segment(path: str) -> pa.Table | None:
     return _read(path)[0]
 
 
-def open_segment_tables(storage: Storage, prefix: str) -> list[pa.Table]:
-    """The rows of every segment of the log at ``prefix`` not sealed yet (all replicas'):
-    for readers that must also see the last ``log_seal_seconds`` of answers. A row can
-    be in a segment and, once sealed, in the log: such readers dedupe by ``request_id``."""
+def segment_paths(storage: Storage, prefix: str) -> list[str]:
+    """Full paths of the segments (open or orphaned) of the log at ``prefix``, by name."""
     if not storage.is_local:
         return []
     directory = storage.path(segment_dir(prefix))
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX))
+        return [f"{directory}/{n}" for n in sorted(os.listdir(directory)) if n.endswith(SEGMENT_SUFFIX)]
     except FileNotFoundError:
         return []
+
+
+def open_segment_tables(storage: Storage, prefix: str) -> list[pa.Table]:
+    """The rows of every segment of the log at ``prefix`` not sealed yet (all replicas'):
+    for readers that must also see the last ``log_seal_seconds`` of answers. A row can
+    be in a segment and, once sealed, in the log: such readers dedupe by ``request_id``."""
     out = []
-    for name in names:
+    for full in segment_paths(storage, prefix):
         try:
-            table = read_segment(f"{directory}/{name}")
+            table = read_segment(full)
         except FileNotFoundError:
             continue  # sealed meanwhile: its rows are in the log
         if table is not None:
@@ -174,16 +178,9 @@ def seal_orphans(logs: ModelLogs, prefix: str, *, fsync: bool,
 
     A segment is sealed only under its exclusive lock, and only if the name still
     points at the locked file (its owner may have sealed and deleted it meanwhile)."""
-    if not logs.storage.is_local:
-        return []
-    directory = logs.storage.path(segment_dir(prefix))
-    try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX))
-    except FileNotFoundError:
-        return []
     out = []
-    for name in names:
-        full = f"{directory}/{name}"
+    for full in segment_paths(logs.storage, prefix):
+        name = os.path.basename(full)
         if full in skip:
             continue
         try:

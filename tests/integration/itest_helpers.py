@@ -37,16 +37,11 @@ def wait_for_generation(base: str, model: str, generation: int, timeout: float =
 def wait_for_sealed(storage, model: str, timeout: float = 15.0) -> None:
     """Wait until the ingress has sealed every prediction it answered into the parquet log
     (``data.log_segments``: rows sit in a replica's segment for up to ``log_seal_seconds``)."""
-    import os
+    from lifelong_ray.data.segments import segment_paths
 
-    from lifelong_ray.data.segments import SEGMENT_SUFFIX, segment_dir
-
-    directory = storage.path(segment_dir(f"models/{model}/predictions"))
-
-    def sealed() -> bool:
-        return not os.path.isdir(directory) or not any(n.endswith(SEGMENT_SUFFIX) for n in os.listdir(directory))
-
-    assert eventually(sealed, timeout, every=0.05), f"prediction segments of {model} not sealed in {timeout:.0f}s"
+    prefix = f"models/{model}/predictions"
+    sealed = eventually(lambda: not segment_paths(storage, prefix), timeout, every=0.05)
+    assert sealed, f"prediction segments of {model} not sealed in {timeout:.0f}s"
 
 
 def register_untrained(cfg, cols: dict[str, np.ndarray], seed: int = 0, metadata: dict | None = None) -> str:

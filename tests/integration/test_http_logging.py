@@ -110,19 +110,9 @@ def _ids(table: pa.Table | None) -> list[str]:
 
 def _segment_ids(logs) -> set[str]:
     """Ids in the open prediction segments (durable, not sealed into the parquet log yet)."""
-    import os
+    from lifelong_ray.data.segments import open_segment_tables
 
-    from lifelong_ray.data.segments import SEGMENT_SUFFIX, read_segment, segment_dir
-
-    directory = logs.storage.path(segment_dir(logs.predictions_prefix))
-    out: set[str] = set()
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        try:
-            table = read_segment(f"{directory}/{name}") if name.endswith(SEGMENT_SUFFIX) else None
-        except FileNotFoundError:  # sealed between the listing and the read: the tail has it
-            continue
-        out.update(_ids(table))
-    return out
+    return {rid for table in open_segment_tables(logs.storage, logs.predictions_prefix) for rid in _ids(table)}
 
 
 def test_concurrent_predicts_are_logged_once_each_and_durable_before_the_answer(app):

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 
 from lifelong_ray.data.logs import LogTail, ModelLogs, feature_arrays, feedback_rows
-from lifelong_ray.data.segments import (DAMAGED_DIR, SEGMENT_SUFFIX, SegmentLog, read_segment, seal_orphans,
-                                        segment_dir)
+from lifelong_ray.data.segments import DAMAGED_DIR, SegmentLog, read_segment, seal_orphans, segment_paths
 from lifelong_ray.serving.feedback import FeedbackBook, search_segments
 from lifelong_ray.storage import Storage
 
@@ -41,9 +40,15 @@ def _rows(ids: list[str], label: int = 1):
     return lambda t: feedback_rows(ids, [label] * len(ids), t)
 
 
+def _prediction(logs: ModelLogs, rid: str, **kw):
+    """Rows of one served (or, with ``shadow``/``error``, not served) prediction, for a writer."""
+    feats = feature_arrays({"f": [0.1]}, ["f"], set())
+    return lambda t: logs.prediction_rows(request_ids=[rid], t=t, version="v0001", features=feats,
+                                          predictions=[1], confidence=[0.9], latency_ms=1.0, **kw)
+
+
 def _segments(logs: ModelLogs) -> list[str]:
-    d = logs.storage.path(segment_dir(logs.predictions_prefix))
-    return sorted(n for n in os.listdir(d) if n.endswith(SEGMENT_SUFFIX)) if os.path.isdir(d) else []
+    return [os.path.basename(p) for p in segment_paths(logs.storage, logs.predictions_prefix)]
 
 
 def _ids(logs: ModelLogs) -> Counter:
@@ -258,11 +263,9 @@ def test_feedback_finds_a_prediction_another_replica_has_not_sealed_yet(tmp_path
     must find ``x`` before r2 seals, and only the served row counts."""
     logs = ModelLogs(Storage(str(tmp_path)), "m")
     r2 = SegmentLog(logs, logs.predictions_prefix, replica="r2", seal_s=None, clock=lambda: T0)
-    feats = feature_arrays({"f": [0.1]}, ["f"], set())
 
     def pred(rid, **kw):
-        return lambda t: logs.prediction_rows(request_ids=[rid], t=t, version="v0001", features=feats,
-                                              predictions=[1], confidence=[0.9], latency_ms=1.0, **kw)
+        return _prediction(logs, rid, **kw)
 
     async def go():
         await r2.append(pred("a" * 32), 1)
@@ -322,11 +325,9 @@ def test_orphans_a_replica_seals_are_read_back_by_its_feedback_book(tmp_path):
     """Only this replica's own sealed files skip the read-back: their ids are in its memory,
     a dead replica's are not."""
     logs = ModelLogs(Storage(str(tmp_path)), "m")
-    feats = feature_arrays({"f": [0.1]}, ["f"], set())
 
     def pred(rid):
-        return lambda t: logs.prediction_rows(request_ids=[rid], t=t, version="v0001", features=feats,
-                                              predictions=[1], confidence=[0.9], latency_ms=1.0)
+        return _prediction(logs, rid)
 
     dead = SegmentLog(logs, logs.predictions_prefix, replica="dead", seal_s=None, clock=lambda: T0)
     asyncio.run(dead.append(pred("d" * 32), 1))

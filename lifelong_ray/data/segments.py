@@ -426,11 +426,9 @@ class SegmentLog:
         scan = time.monotonic() - self._scanned_at >= ORPHAN_SCAN_S
         if scan:
             self._scanned_at = time.monotonic()
-        try:
-            own, orphans = await asyncio.to_thread(self._seal_sync, ready, scan)
-        except BaseException:
-            self._retired.extend(s for s in ready if s.fd >= 0)  # cancelled mid-seal: retried later
-            raise
+        # cancelling this await does not stop the thread: it still seals ``ready`` (or puts a
+        # segment that failed back on the retired list), so nothing is re-queued here
+        own, orphans = await asyncio.to_thread(self._seal_sync, ready, scan)
         sealed = [(p, a, b) for p, a, b, _ in own]
         if sealed and self.on_sealed is not None:
             self.on_sealed(sealed)

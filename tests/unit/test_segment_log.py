@@ -181,6 +181,17 @@ def test_a_caller_whose_rows_cannot_be_built_fails_alone(tmp_path):
     assert _ids(logs) == Counter({"a": 1, "b": 1})
 
 
+async def _ok_failed_ok(seg: SegmentLog, state: dict) -> None:
+    """Append "a", then "lost" while ``state["fail"]`` makes the disk fail (its caller must
+    get the OSError), then "b" once the disk works again."""
+    await seg.append(_rows(["a"]), 1)
+    state["fail"] = True
+    with pytest.raises(OSError):
+        await seg.append(_rows(["lost"]), 1)
+    state["fail"] = False
+    await seg.append(_rows(["b"]), 1)
+
+
 def test_a_failed_write_fails_its_caller_and_the_next_append_uses_a_fresh_segment(tmp_path, monkeypatch):
     logs, seg = _log(tmp_path)
     real_write = os.write
@@ -194,15 +205,7 @@ def test_a_failed_write_fails_its_caller_and_the_next_append_uses_a_fresh_segmen
 
     monkeypatch.setattr(os, "write", write)
 
-    async def go():
-        await seg.append(_rows(["a"]), 1)
-        state["fail"] = True
-        with pytest.raises(OSError):
-            await seg.append(_rows(["lost"]), 1)
-        state["fail"] = False
-        await seg.append(_rows(["b"]), 1)
-
-    asyncio.run(go())
+    asyncio.run(_ok_failed_ok(seg, state))
     assert len(_segments(logs)) == 2
     seg.seal_now()
     assert _ids(logs) == Counter({"a": 1, "b": 1})  # the torn record after "a" is dropped
@@ -220,15 +223,7 @@ def test_a_failed_sync_drops_the_unsynced_rows_and_fails_their_callers(tmp_path,
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
 
-    async def go():
-        await seg.append(_rows(["a"]), 1)
-        state["fail"] = True
-        with pytest.raises(OSError):
-            await seg.append(_rows(["unsynced"]), 1)
-        state["fail"] = False
-        await seg.append(_rows(["b"]), 1)
-
-    asyncio.run(go())
+    asyncio.run(_ok_failed_ok(seg, state))
     seg.seal_now()
     assert _ids(logs) == Counter({"a": 1, "b": 1})
 

@@ -100,8 +100,11 @@ class Pump:
         self.d.predict(self.i)
         self.i += self.d.s.batch
         if self.flip_for and self.d.served.version[-1] == self.flip_for:
+            # Every label of a batch the canary served contradicts what it predicted. (Flipping the
+            # true labels is not enough: a candidate trained before the drift is about as wrong
+            # as the champion after it, and the flipped labels of a coin toss are a coin toss.)
             due, ids, ys = self.d.pending[-1]
-            self.d.pending[-1] = (due, ids, [1 - y for y in ys])
+            self.d.pending[-1] = (due, ids, [1 - int(p) for p in self.d.served.prediction[-len(ys):]])
         self.d.flush_labels(self.i)
 
 

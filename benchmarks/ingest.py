@@ -11,7 +11,7 @@ Three measurements, each against its baseline in the same run:
      deploys one small app per variant doing the ingress's predict work: parse the
      JSON body, ``Schema.validate_records``, predict with a model registered in and
      loaded from the registry, and -- in the log variants -- the ingress's own log
-     write (``ModelLogs.prediction_rows`` through the writer the ingress builds,
+     write (``ModelLogs.prediction_record`` through the writer the ingress builds,
      ``prediction_writer``: the replica's segment log, sealed into parquet every
      ``data.log_seal_seconds``; awaited before the answer). One client sends ``--requests`` single-instance requests
      one at a time, split into ``--rounds`` rounds in which the variants alternate
@@ -77,7 +77,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from lifelong_ray.config import Config, DataConfig, load_config  # noqa: E402
 from lifelong_ray.data.guard import label_shift, out_of_range  # noqa: E402
 from lifelong_ray.data.ingest import mark_rows, schema_problems, to_labeled  # noqa: E402
-from lifelong_ray.data.logs import ModelLogs, feature_arrays  # noqa: E402
+from lifelong_ray.data.logs import ModelLogs, feature_arrays, feature_values  # noqa: E402
 from lifelong_ray.data.schema import Schema  # noqa: E402
 from lifelong_ray.data.transform import FeatureTransform, columns_from_table  # noqa: E402
 from lifelong_ray.sim.streams import abrupt_concept_drift  # noqa: E402
@@ -159,7 +159,7 @@ def _summary(seq: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, An
 def _predict_deployment() -> Any:
     """The ingress's predict work as one Serve deployment: validate -> predict -> (log) -> answer.
 
-    The log write is the ingress's own: ``ModelLogs.prediction_rows`` through the
+    The log write is the ingress's own: ``ModelLogs.prediction_record`` through the
     writer the ingress builds (``prediction_writer``: a segment log on a local root,
     ``data.log_segments``), awaited before the answer."""
     import uuid
@@ -193,8 +193,9 @@ def _predict_deployment() -> Any:
             ids = [uuid.uuid4().hex for _ in labels]
             if self.writer is not None:
                 rows = functools.partial(
-                    self.logs.prediction_rows, request_ids=ids, version=self.model.version,
-                    features=feature_arrays(cols, self.schema.names, self.categorical), predictions=labels,
+                    self.logs.prediction_record, request_ids=ids, version=self.model.version,
+                    features=feature_values(cols, self.schema.names, self.categorical),
+                    categorical=self.categorical, predictions=labels,
                     confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.get("key"))
                 await self.writer.append(lambda t: rows(t=t), len(ids))
             return {"predictions": np.asarray(labels).tolist(), "request_ids": ids}

@@ -21,7 +21,7 @@ same load:
   predict, answer the same JSON through the same ``PredictResponse`` model. No router,
   no second hop, no log.
 * ``plain+log`` (``--breakdown`` only) -- ``plain`` plus the same durable prediction
-  log write as the ingress (``prediction_writer``'s writer of ``ModelLogs.prediction_rows``,
+  log write as the ingress (``prediction_writer``'s writer of ``ModelLogs.prediction_record``,
   awaited before the answer, into a log prefix of its own). It splits the router's extra time into "the log write"
   (``plain+log`` - ``plain``) and "the version hop and the rest"
   (``router`` - ``plain+log``).
@@ -332,7 +332,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
     from fastapi.responses import JSONResponse
     from ray import serve
 
-    from lifelong_ray.data.logs import feature_arrays
+    from lifelong_ray.data.logs import feature_values
     from lifelong_ray.data.segments import prediction_writer
     from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse
 
@@ -369,8 +369,9 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
             conf = np.asarray(conf, dtype=np.float64).tolist()
             if self.log is not None:
                 rows = functools.partial(
-                    self.logs.prediction_rows, request_ids=request_ids, version=self.model.version,
-                    features=feature_arrays(cols, self.schema.names, self.categorical), predictions=labels,
+                    self.logs.prediction_record, request_ids=request_ids, version=self.model.version,
+                    features=feature_values(cols, self.schema.names, self.categorical),
+                    categorical=self.categorical, predictions=labels,
                     confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.key)
                 await self.log.append(lambda t: rows(t=t), n)
             return {"predictions": labels, "request_ids": request_ids, "model_version": self.model.version}

@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lifelong_ray.data.privacy import PiiHasher
+from lifelong_ray.data.records import LogRecord
 from lifelong_ray.storage import Storage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,6 +67,10 @@ log = logging.getLogger(__name__)
 
 PREDICTION_META = ["request_id", "t", "version", "key", "shadow", "prediction", "confidence",
                    "latency_ms", "error"]
+#: the types of PREDICTION_META (as :meth:`ModelLogs.prediction_rows` writes them)
+PREDICTION_SCHEMA = [("request_id", pa.string()), ("t", pa.float64()), ("version", pa.string()),
+                     ("key", pa.string()), ("shadow", pa.bool_()), ("prediction", pa.int64()),
+                     ("confidence", pa.float64()), ("latency_ms", pa.float64()), ("error", pa.string())]
 FEEDBACK_COLUMNS = ["request_id", "t", "label"]
 LABELED_META = ["request_id", "t", "t_label", "version", "prediction", "label"]
 
@@ -155,6 +160,23 @@ def feature_arrays(columns: dict[str, Any], names: Sequence[str], categorical: s
     return out
 
 
+def feature_values(columns: dict[str, Any], names: Sequence[str], categorical: set[str]) -> dict[str, list[Any]]:
+    """The feature columns as plain values for a :class:`~lifelong_ray.data.records.LogRecord`:
+    what :func:`feature_arrays` holds (floats with NaN as null, or strings), without Arrow.
+
+    >>> feature_values({"x": np.array([1.5, np.nan]), "c": np.array(["a", None], dtype=object)}, ["x", "c"], {"c"})
+    {'x': [1.5, None], 'c': ['a', None]}
+    """
+    out: dict[str, list[Any]] = {}
+    for name in names:
+        values = columns[name]
+        if name in categorical:
+            out[name] = [None if v is None else str(v) for v in values]
+        else:
+            out[name] = [None if v != v else v for v in np.asarray(values, dtype=np.float64).tolist()]
+    return out
+
+
 def feedback_rows(request_ids: Sequence[str], labels: Sequence[int], t: float) -> pa.Table:
     """Rows of the feedback log: one label per request id, all at time ``t``."""
     return pa.table({
@@ -179,6 +201,7 @@ class ModelLogs:
         self.predictions_prefix = f"{base}/predictions"
         self.feedback_prefix = f"{base}/feedback"
         self.labeled_prefix = f"{base}/labeled"
+        self._record_schemas: dict[tuple[tuple[str, ...], frozenset[str]], pa.Schema] = {}
 
     @classmethod
     def from_config(cls, storage: Storage, cfg: "Config") -> "ModelLogs":
@@ -230,6 +253,41 @@ class ModelLogs:
         cols.update(features)
         return pa.table(cols)
 
+    def prediction_record(
+        self,
+        *,
+        request_ids: Sequence[str],
+        t: float,
+        version: str,
+        features: dict[str, list[Any]],
+        categorical: set[str],
+        predictions: Sequence[int],
+        confidence: Sequence[float],
+        latency_ms: float,
+        key: str | None = None,
+        shadow: bool = False,
+        error: str | None = None,
+    ) -> LogRecord:
+        """:meth:`prediction_rows` as a :class:`~lifelong_ray.data.records.LogRecord` (for the
+        segment log): ``features`` from :func:`feature_values`, ``categorical`` the names
+        of its string columns. ``record.to_table()`` equals :meth:`prediction_rows` with
+        :func:`feature_arrays` of the same columns."""
+        names = tuple(features)
+        sig = (names, frozenset(categorical))
+        schema = self._record_schemas.get(sig)
+        if schema is None:
+            schema = self._record_schemas[sig] = pa.schema(
+                [*PREDICTION_SCHEMA, *((n, pa.string() if n in categorical else pa.float64()) for n in names)])
+        return LogRecord(schema, len(request_ids), rows={
+            "request_id": list(request_ids),
+            "prediction": [int(p) for p in predictions],
+            "confidence": [float(c) for c in confidence],
+            **features,
+        }, same={
+            "t": float(t), "version": version, "key": self.pii.hash_key(key) if self.pii else key,
+            "shadow": bool(shadow), "latency_ms": float(latency_ms), "error": error,
+        })
+
     def append_feedback(self, request_ids: Sequence[str], labels: Sequence[int], t: float) -> str:
         return self.write(self.feedback_prefix, feedback_rows(request_ids, labels, t), t)
 
@@ -255,8 +313,13 @@ class ModelLogs:
         return [self.storage.path(p) for p in self.live_files(self.labeled_prefix)]
 
 
-#: rows builder handed to :meth:`GroupCommit.append`: the flush time ``t`` -> the rows
-RowsAt = Callable[[float], pa.Table]
+#: rows builder handed to :meth:`GroupCommit.append` (and the segment log's): the flush
+#: time ``t`` -> the rows, as a table or a :class:`~lifelong_ray.data.records.LogRecord`
+RowsAt = Callable[[float], "pa.Table | LogRecord"]
+
+
+def as_table(rows: "pa.Table | LogRecord") -> pa.Table:
+    return rows.to_table() if isinstance(rows, LogRecord) else rows
 
 
 class GroupCommit:
@@ -341,7 +404,7 @@ class GroupCommit:
         tables, errors = [], []
         for build in builders:
             try:
-                tables.append(build(t))
+                tables.append(as_table(build(t)))
                 errors.append(None)
             except Exception as err:  # noqa: BLE001 - handed to that caller only
                 errors.append(err)

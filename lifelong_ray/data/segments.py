@@ -3,9 +3,12 @@
 Writing one parquet file per request (:class:`~lifelong_ray.data.logs.GroupCommit`)
 costs a parquet encode, a new file, its fsync and its directory's fsync: about 1 ms
 per lone request, most of the logging overhead of a predict. A :class:`SegmentLog`
-instead appends each caller's rows as Arrow IPC record-batch messages to one open
-*segment* file per ingress replica and answers once they are on disk (one
-``fdatasync``, shared by the callers that arrive while one is running). Every
+instead appends each caller's rows as one JSON line (a
+:class:`~lifelong_ray.data.records.LogRecord`: building Arrow arrays for a request's
+few rows would cost more than the write) to one open *segment* file per ingress
+replica and answers once they are on disk (one ``fdatasync``, shared by the callers
+that arrive while one is running). The segment's first line is its header: the Arrow
+schema of its rows, which are built as Arrow columns when it is read. Every
 ``seal_s`` seconds the replica *seals* the segment: its rows become ordinary zstd
 parquet files of the log, one per UTC day, and the segment is deleted. Readers of the
 log never see segments; they see a prediction at most ``seal_s`` (plus the seal's
@@ -14,7 +17,7 @@ own few milliseconds) after it was answered.
 Layout (segments live beside the log, never under its prefix, so no reader,
 retention or compaction pass lists them)::
 
-    models/<model>/segments/predictions/<replica>-<seq>.arrows      (open or orphaned)
+    models/<model>/segments/predictions/<replica>-<seq>.jsonl       (open or orphaned)
     models/<model>/predictions/date=D/<t_ns>-<replica>-<seq>.parquet  (sealed)
 
 **Crash safety.** The owner holds an exclusive ``flock`` on its open segment; a
@@ -48,7 +51,9 @@ the ingress keeps the per-request :class:`GroupCommit` files there.
 from __future__ import annotations
 
 import asyncio
+import base64
 import fcntl
+import json
 import logging
 import os
 import time
@@ -60,11 +65,14 @@ import numpy as np
 import pyarrow as pa
 
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, RowsAt, _file_name, table_to_bytes
+from lifelong_ray.data.records import LogRecord, decode_line, records_table
 from lifelong_ray.storage import Storage, _fsync_dir
 
 log = logging.getLogger(__name__)
 
-SEGMENT_SUFFIX = ".arrows"
+SEGMENT_SUFFIX = ".jsonl"
+#: the ``format`` of a segment's header line
+SEGMENT_FORMAT = "lifelong-segment/1"
 #: where a sealed segment whose end could not be read is kept for review (under its segment dir)
 DAMAGED_DIR = "damaged"
 #: how often a replica looks for orphaned segments of dead replicas
@@ -83,6 +91,33 @@ def segment_dir(prefix: str) -> str:
     return f"{base}/segments/{name}"
 
 
+def _header(schema: pa.Schema) -> bytes:
+    """A segment's first line: its format and the Arrow schema of its rows (base64)."""
+    return (json.dumps({"format": SEGMENT_FORMAT,
+                        "schema": base64.b64encode(schema.serialize().to_pybytes()).decode()}) + "\n").encode()
+
+
+def _schema_of(line: bytes) -> pa.Schema:
+    head = json.loads(line)
+    if not isinstance(head, dict) or head.get("format") != SEGMENT_FORMAT:
+        raise ValueError(f"not a {SEGMENT_FORMAT} header")
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(head["schema"])))
+
+
+def _table(schema: pa.Schema, records: list[dict]) -> tuple[pa.Table | None, str | None]:
+    """The records' table; if one does not fit the schema, the table of those before it."""
+    try:
+        return (records_table(schema, records) if records else None), None
+    except ValueError:
+        pass
+    for k, rec in enumerate(records):  # rare: find the first record that does not fit
+        try:
+            records_table(schema, [rec])
+        except ValueError as err:
+            return (records_table(schema, records[:k]) if k else None), f"unreadable after {k} records ({err})"
+    raise AssertionError("unreachable: every record fits alone but not together")
+
+
 def _read(path: str) -> tuple[pa.Table | None, str | None]:
     """The complete records of the segment at ``path`` and, when its end could not be
     read, why (a record torn by a crash, or damage)."""
@@ -90,20 +125,25 @@ def _read(path: str) -> tuple[pa.Table | None, str | None]:
         data = fh.read()
     if not data:
         return None, None
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a whole line; else a record cut off mid-write
     try:
-        reader = pa.ipc.open_stream(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as err:  # not even a whole schema message
+        if not lines:
+            raise ValueError("the header line was cut off")
+        schema = _schema_of(lines[0])
+    except (ValueError, KeyError, TypeError, pa.ArrowInvalid) as err:
         return None, f"no readable schema ({err})"
-    batches = []
-    while True:
+    records, damage = [], None
+    for line in lines[1:]:
         try:
-            batches.append(reader.read_next_batch())
-        except StopIteration:
+            records.append(decode_line(line))
+        except ValueError as err:
+            damage = f"unreadable after {len(records)} records ({err})"
             break
-        except (pa.ArrowInvalid, OSError) as err:
-            return (pa.Table.from_batches(batches, schema=reader.schema) if batches else None,
-                    f"unreadable after {len(batches)} records ({err})")
-    return (pa.Table.from_batches(batches, schema=reader.schema) if batches else None), None
+    if damage is None and torn:
+        damage = f"a record cut off after {len(records)} records ({len(torn)} bytes)"
+    table, misfit = _table(schema, records)
+    return table, misfit or damage
 
 
 def read_segment(path: str) -> pa.Table | None:
@@ -243,7 +283,7 @@ class _Segment:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             seg = cls(f"{directory}/{stem}{SEGMENT_SUFFIX}", fd, schema)
-            seg.write(schema.serialize().to_pybytes())
+            seg.write(_header(schema))
             os.rename(tmp, seg.full)  # locked before any scanner can see it
             if fsync:  # the name too must survive a power loss before the first 2xx
                 _fsync_dir(directory)
@@ -306,15 +346,16 @@ class SegmentLog:
     async def append(self, rows_at: RowsAt, n_rows: int) -> tuple[str, float]:
         """Write ``rows_at(t)`` durably; the segment's path (relative) and ``t``."""
         t = self.clock()
-        table = rows_at(t)
-        seg = self._segment_for(table.schema)
-        data = b"".join(b.serialize().to_pybytes() for b in table.to_batches())
+        rows = rows_at(t)
+        record = rows if isinstance(rows, LogRecord) else LogRecord.from_table(rows)
+        data = record.encode()
+        seg = self._segment_for(record.schema)
         try:
             seg.write(data)
         except OSError:
             self._retire(seg)
             raise
-        seg.rows += table.num_rows
+        seg.rows += record.n
         if self._sealer is None and self.seal_s is not None:
             self._sealer = asyncio.get_running_loop().create_task(self._seal_loop())
         if self.logs.fsync:
@@ -325,7 +366,7 @@ class SegmentLog:
 
     def _segment_for(self, schema: pa.Schema) -> _Segment:
         seg = self._current
-        if seg is not None and not seg.broken and seg.schema.equals(schema):
+        if seg is not None and not seg.broken and (seg.schema is schema or seg.schema.equals(schema)):
             return seg
         if seg is not None:
             self._retire(seg)

@@ -65,7 +65,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifelong_ray.config import Config, ServingConfig
 from lifelong_ray.control.commands import submit_command
-from lifelong_ray.data.logs import GroupCommit, ModelLogs, feature_arrays, feedback_rows
+from lifelong_ray.data.logs import GroupCommit, ModelLogs, feature_values, feedback_rows
 from lifelong_ray.data.segments import SegmentLog, prediction_writer, seal_orphans
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.events import AuditLog
@@ -680,13 +680,14 @@ class Ingress:
             raise NonFiniteOutput(f"version {version} answered {bad} of {len(conf)} confidences NaN or infinite")
         return labels, conf
 
-    async def _log(self, m: _Model, *, request_ids: list[str], version: str, features: dict[str, Any],
+    async def _log(self, m: _Model, *, request_ids: list[str], version: str, features: dict[str, list[Any]],
                    labels: list[int] | None, conf: list[float] | None, latency_ms: float,
                    key: str | None, shadow: bool = False, error: str | None = None) -> None:
+        """Log the rows of one answer (``features`` from ``feature_values``), durable on return."""
         n = len(request_ids)
         rows = functools.partial(
-            m.logs.prediction_rows, request_ids=request_ids, version=version,
-            features=features, predictions=labels if labels is not None else [-1] * n,
+            m.logs.prediction_record, request_ids=request_ids, version=version,
+            features=features, categorical=m.categorical, predictions=labels if labels is not None else [-1] * n,
             confidence=conf if conf is not None else [math.nan] * n, latency_ms=latency_ms,
             key=key, shadow=shadow, error=error)
         path, t = await m.predictions_log.append(lambda t: rows(t=t), n)
@@ -746,7 +747,7 @@ class Ingress:
         if version is None:
             raise _ApiError(503, f"no version of {model!r} is serving yet (empty routing table); "
                                  "register and deploy one first")
-        features = feature_arrays(cols, m.schema.names, m.categorical)
+        features = feature_values(cols, m.schema.names, m.categorical)
         common = {"request_ids": request_ids, "features": features, "key": body.key}
 
         try:

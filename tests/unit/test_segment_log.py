@@ -12,7 +12,11 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from lifelong_ray.data.logs import LogTail, ModelLogs, feature_arrays, feedback_rows
+import numpy as np
+
+from lifelong_ray.data.logs import LogTail, ModelLogs, feature_arrays, feature_values, feedback_rows
+from lifelong_ray.data.privacy import PiiHasher
+from lifelong_ray.data.records import LogRecord, decode_line, records_table
 from lifelong_ray.data.segments import DAMAGED_DIR, SegmentLog, read_segment, seal_orphans, segment_paths
 from lifelong_ray.serving.feedback import FeedbackBook, search_segments
 from lifelong_ray.storage import Storage
@@ -41,10 +45,12 @@ def _rows(ids: list[str], label: int = 1):
 
 
 def _prediction(logs: ModelLogs, rid: str, **kw):
-    """Rows of one served (or, with ``shadow``/``error``, not served) prediction, for a writer."""
-    feats = feature_arrays({"f": [0.1]}, ["f"], set())
-    return lambda t: logs.prediction_rows(request_ids=[rid], t=t, version="v0001", features=feats,
-                                          predictions=[1], confidence=[0.9], latency_ms=1.0, **kw)
+    """The record of one served (or, with ``shadow``/``error``, not served) prediction, as the ingress
+    writes it."""
+    feats = feature_values({"f": [0.1]}, ["f"], set())
+    return lambda t: logs.prediction_record(request_ids=[rid], t=t, version="v0001", features=feats,
+                                            categorical=set(), predictions=[1], confidence=[0.9], latency_ms=1.0,
+                                            **kw)
 
 
 def _segments(logs: ModelLogs) -> list[str]:
@@ -123,7 +129,7 @@ def test_a_dead_replicas_torn_segment_is_sealed_with_its_complete_records_only(t
     asyncio.run(_append_all(seg, [["a"], ["b"], ["c"]]))
     (name,) = _segments(logs)
     full = f"{seg.directory}/{name}"
-    whole = feedback_rows(["d"], [1], T0).to_batches()[0].serialize().to_pybytes()
+    whole = LogRecord.from_table(feedback_rows(["d"], [1], T0)).encode()
     with open(full, "ab") as fh:  # the process died inside the write of request "d" (never answered)
         fh.write(whole[: len(whole) // 2])
     assert read_segment(full).num_rows == 3
@@ -340,3 +346,42 @@ def test_orphans_a_replica_seals_are_read_back_by_its_feedback_book(tmp_path):
         return await book.served.find({"d" * 32, "e" * 32}, since=T0 - 10, max_age_s=0.0, now=T0 + 1)
 
     assert asyncio.run(go()) == {"d" * 32: T0, "e" * 32: T0}
+
+
+def test_the_ingress_record_builds_the_same_rows_as_the_arrow_path():
+    """No skew between the two writers of the prediction log: the JSON record the segment
+    log writes becomes, once sealed, exactly the table the per-request parquet path writes
+    (NaN feature -> null, missing category -> null, NaN confidence kept, key hashed)."""
+    logs = ModelLogs(Storage("/tmp/unused"), "m", pii=PiiHasher(("key",), b"salt"))
+    cols = {"x": np.array([1.5, np.nan, np.inf]), "c": np.array(["a", None, "b"], dtype=object)}
+    common = dict(request_ids=["r1", "r2", "r3"], t=T0, version="v0002", predictions=[1, 0, np.int64(1)],
+                  confidence=[0.9, float("nan"), np.float64(0.7)], latency_ms=2.5, key="user-7", shadow=True,
+                  error=None)
+    arrow = logs.prediction_rows(features=feature_arrays(cols, ["x", "c"], {"c"}), **common)
+    record = logs.prediction_record(features=feature_values(cols, ["x", "c"], {"c"}), categorical={"c"}, **common)
+    sealed = records_table(record.schema, [decode_line(record.encode())])
+    assert sealed.schema.equals(arrow.schema)
+    assert repr(sealed.to_pydict()) == repr(arrow.to_pydict())  # repr: nan == nan
+    assert record.to_table().column("key").to_pylist() == [PiiHasher(("key",), b"salt").hash_key("user-7")] * 3
+
+
+def _write_lines(full: str, *lines: bytes) -> None:
+    with open(full, "ab") as fh:
+        fh.write(b"".join(lines))
+
+
+@pytest.mark.parametrize("bad", [b"not json\n", b'{"n": 1, "rows": {"request_id": ["x"]}, "same": {}}\n',
+                                 b'{"n": 1, "rows": {"request_id": ["x"], "label": ["one"]}, "same": {"t": 1.0}}\n'],
+                         ids=["garbage", "missing-columns", "wrong-type"])
+def test_a_damaged_record_keeps_the_rows_before_it_and_the_file_for_review(tmp_path, bad):
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a"], ["b"]]))
+    (name,) = _segments(logs)
+    full = f"{seg.directory}/{name}"
+    _write_lines(full, bad, LogRecord.from_table(feedback_rows(["c"], [1], T0)).encode())
+    assert read_segment(full).column("request_id").to_pylist() == ["a", "b"]
+    os.close(seg._current.fd)
+    seg._current = None
+    assert [rows for *_, rows in seal_orphans(logs, logs.predictions_prefix, fsync=False)] == [2]
+    assert _ids(logs) == Counter({"a": 1, "b": 1})
+    assert os.listdir(f"{seg.directory}/{DAMAGED_DIR}") == [name]

@@ -162,13 +162,12 @@ def _predict_deployment() -> Any:
     The log write is the ingress's own: ``ModelLogs.prediction_record`` through the
     writer the ingress builds (``prediction_writer``: a segment log on a local root,
     ``data.log_segments``), awaited before the answer."""
-    import uuid
-
     from ray import serve
     from starlette.requests import Request
 
     from lifelong_ray.data.segments import prediction_writer
     from lifelong_ray.registry.store import Registry
+    from lifelong_ray.serving.app import new_request_ids
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
     class BenchPredict:
@@ -182,22 +181,30 @@ def _predict_deployment() -> Any:
                 storage, cfg.with_overrides(data={"log_fsync": log_fsync}))
             self.writer = None if self.logs is None else prediction_writer(
                 self.logs, segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds)
+            self.inflight = 0  # as the ingress: the log syncs in-line only for a lone request
 
         async def __call__(self, request: Request) -> dict[str, Any]:
+            self.inflight += 1
+            try:
+                return await self._answer(request)
+            finally:
+                self.inflight -= 1
+
+        async def _answer(self, request: Request) -> dict[str, Any]:
             t0 = time.perf_counter()
             body = await request.json()
             cols, violations = self.schema.validate_records(body["instances"])
             if violations:
                 raise ValueError(violations)
             labels, conf = self.model.predict(cols)
-            ids = [uuid.uuid4().hex for _ in labels]
+            ids = new_request_ids(len(labels))
             if self.writer is not None:
                 rows = functools.partial(
                     self.logs.prediction_record, request_ids=ids, version=self.model.version,
                     features=feature_values(cols, self.schema.names, self.categorical),
                     categorical=self.categorical, predictions=labels,
                     confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.get("key"))
-                await self.writer.append(lambda t: rows(t=t), len(ids))
+                await self.writer.append(lambda t: rows(t=t), len(ids), alone=self.inflight <= 1)
             return {"predictions": np.asarray(labels).tolist(), "request_ids": ids}
 
     return BenchPredict

@@ -72,7 +72,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -334,7 +333,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
 
     from lifelong_ray.data.logs import feature_values
     from lifelong_ray.data.segments import prediction_writer
-    from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse
+    from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse, new_request_ids
 
     api = FastAPI(title="serve_overhead plain baseline")
 
@@ -352,9 +351,17 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
             # a prefix of its own, so the router's prediction log holds the router's rows only
             self.log = prediction_writer(self.logs, segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds,
                                          prefix=f"models/{self.name}-plain-log/predictions") if durable_log else None
+            self.inflight = 0  # as the ingress: the log syncs in-line only for a lone request
 
         @api.post("/v1/models/{model}:predict", response_model=PredictResponse)
         async def predict(self, model: str, body: PredictRequest) -> Any:
+            self.inflight += 1
+            try:
+                return await self._predict(model, body)
+            finally:
+                self.inflight -= 1
+
+        async def _predict(self, model: str, body: PredictRequest) -> Any:
             t0 = time.perf_counter()
             n = len(body.instances)
             if model != self.name or not 0 < n <= self.limit:
@@ -363,7 +370,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
             if violations:
                 return JSONResponse(status_code=422, content={"error": "invalid instances",
                                                               "violations": [v.to_json() for v in violations]})
-            request_ids = [uuid.uuid4().hex for _ in range(n)]
+            request_ids = new_request_ids(n)
             labels, conf = self.model.predict(cols)
             labels = np.asarray(labels, dtype=np.int64).tolist()
             conf = np.asarray(conf, dtype=np.float64).tolist()
@@ -373,7 +380,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
                     features=feature_values(cols, self.schema.names, self.categorical),
                     categorical=self.categorical, predictions=labels,
                     confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.key)
-                await self.log.append(lambda t: rows(t=t), n)
+                await self.log.append(lambda t: rows(t=t), n, alone=self.inflight <= 1)
             return {"predictions": labels, "request_ids": request_ids, "model_version": self.model.version}
 
     num_cpus = Config.model_validate(cfg_dict).serving.ingress_num_cpus

@@ -363,7 +363,7 @@ class GroupCommit:
         self._flusher: asyncio.Task[None] | None = None
         self._idle_since = -float("inf")  # monotonic time the last write ended
 
-    async def append(self, rows_at: RowsAt, n_rows: int) -> tuple[str, float]:
+    async def append(self, rows_at: RowsAt, n_rows: int, *, alone: bool = True) -> tuple[str, float]:
         """Write ``rows_at(t)`` (``n_rows`` rows) durably; the file's path and ``t``.
 
         Cancelling the caller does not take its rows back: they are written anyway.
@@ -373,8 +373,10 @@ class GroupCommit:
         a file with, the hand-off to a worker thread and back is pure latency (about
         half of a small append's cost). Under concurrent load the writer is never idle
         that long, and files are shared as above. Only on a local disk: a write to an
-        object store is a network round trip that must not hold the event loop."""
-        if (self.inline_idle_s is not None and self.logs.storage.is_local and self._flusher is None
+        object store is a network round trip that must not hold the event loop. A caller
+        that is not ``alone`` (other requests of its process in flight, which a write on
+        the loop would hold up) always hands its rows to the worker thread."""
+        if (alone and self.inline_idle_s is not None and self.logs.storage.is_local and self._flusher is None
                 and not self._queue and time.monotonic() - self._idle_since >= self.inline_idle_s):
             t = self.clock()
             try:

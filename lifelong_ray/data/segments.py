@@ -343,8 +343,13 @@ class SegmentLog:
         self._scanned_at = -float("inf")
 
     # -- appends ----------------------------------------------------------------------
-    async def append(self, rows_at: RowsAt, n_rows: int) -> tuple[str, float]:
-        """Write ``rows_at(t)`` durably; the segment's path (relative) and ``t``."""
+    async def append(self, rows_at: RowsAt, n_rows: int, *, alone: bool = True) -> tuple[str, float]:
+        """Write ``rows_at(t)`` durably; the segment's path (relative) and ``t``.
+
+        The ``fdatasync`` runs on the event loop when nobody can share it (no sync
+        running or ended within ``inline_idle_s``) and the caller says it is ``alone``
+        (no other request of its process in flight: a sync on the loop would hold them
+        up); otherwise in a worker thread, shared by the callers that arrive meanwhile."""
         t = self.clock()
         rows = rows_at(t)
         record = rows if isinstance(rows, LogRecord) else LogRecord.from_table(rows)
@@ -359,7 +364,7 @@ class SegmentLog:
         if self._sealer is None and self.seal_s is not None:
             self._sealer = asyncio.get_running_loop().create_task(self._seal_loop())
         if self.logs.fsync:
-            await self._sync(seg, seg.written)
+            await self._sync(seg, seg.written, alone)
         if seg.rows >= MAX_SEGMENT_ROWS and seg is self._current:
             self._retire(seg)
         return self.logs.storage.rel(seg.full), t
@@ -375,10 +380,10 @@ class SegmentLog:
                                         fsync=self.logs.fsync)
         return self._current
 
-    async def _sync(self, seg: _Segment, target: int) -> None:
+    async def _sync(self, seg: _Segment, target: int, alone: bool = True) -> None:
         if seg.synced >= target:
             return
-        if seg.flusher is None and time.monotonic() - self._idle_since >= self.inline_idle_s:
+        if alone and seg.flusher is None and time.monotonic() - self._idle_since >= self.inline_idle_s:
             end = seg.written  # nobody to share an fdatasync with: do it here, no thread hop
             try:
                 os.fdatasync(seg.fd)

@@ -51,7 +51,6 @@ import math
 import os
 import random
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -202,6 +201,18 @@ _BODY_LIMITS: dict[str, int] = {}
 #: admin bearer token per served model (None: admin API disabled), and why it is disabled
 _ADMIN_TOKENS: dict[str, str | None] = {}
 _ADMIN_DISABLED: dict[str, str] = {}
+
+
+def new_request_ids(n: int) -> list[str]:
+    """``n`` random request ids: 32 hex characters (128 bits) each, like ``uuid4().hex``,
+    from one ``os.urandom`` call (ten ``uuid4()`` cost 40 us, this 3 us).
+
+    >>> ids = new_request_ids(3)
+    >>> len(ids), len(set(ids)), all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    (3, 3, True)
+    """
+    h = os.urandom(16 * n).hex()
+    return [h[k:k + 32] for k in range(0, 32 * n, 32)]
 
 
 def _model_label(name: str) -> str:
@@ -538,6 +549,7 @@ class Ingress:
 
     async def __init__(self, cfg_dicts: list[dict[str, Any]], index_capacity: int = DEFAULT_INDEX_CAPACITY) -> None:
         self._models: dict[str, _Model] = {}
+        self._inflight = 0  # predicts being answered by this replica (the log syncs in-line only when alone)
         for d in cfg_dicts:
             cfg = Config.model_validate(d)
             self._models[cfg.model.name] = _Model(cfg, index_capacity)
@@ -690,7 +702,10 @@ class Ingress:
             features=features, categorical=m.categorical, predictions=labels if labels is not None else [-1] * n,
             confidence=conf if conf is not None else [math.nan] * n, latency_ms=latency_ms,
             key=key, shadow=shadow, error=error)
-        path, t = await m.predictions_log.append(lambda t: rows(t=t), n)
+        # a lone request syncs the log on the event loop (no thread hop); with others in
+        # flight the sync goes to a thread, so their validation and model calls go on meanwhile
+        alone = self._inflight <= (0 if shadow else 1)
+        path, t = await m.predictions_log.append(lambda t: rows(t=t), n, alone=alone)
         if not shadow and error is None:
             m.book.served_now(None if isinstance(m.predictions_log, SegmentLog) else path, request_ids, t)
 
@@ -724,6 +739,13 @@ class Ingress:
               responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                          422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def predict(self, model: str, body: PredictRequest) -> Any:
+        self._inflight += 1
+        try:
+            return await self._predict(model, body)
+        finally:
+            self._inflight -= 1
+
+    async def _predict(self, model: str, body: PredictRequest) -> Any:
         t0 = time.perf_counter()
         m = self._model(model)
         n = len(body.instances)
@@ -742,7 +764,7 @@ class Ingress:
             raise _ApiError(422, "invalid instances", [v.to_json() for v in violations])
 
         table = m.table
-        request_ids = [uuid.uuid4().hex for _ in range(n)]
+        request_ids = new_request_ids(n)
         version = choose_version(table, body.key, request_ids[0])
         if version is None:
             raise _ApiError(503, f"no version of {model!r} is serving yet (empty routing table); "

@@ -187,6 +187,18 @@ def test_a_lone_caller_on_an_idle_writer_writes_in_line_and_is_durable(tmp_path)
     assert sorted(table.column("request_id").to_pylist()) == ["s0", "s1", "s2"]
 
 
+def test_a_caller_that_is_not_alone_hands_its_rows_to_the_worker_thread(tmp_path):
+    logs, writer = _writer(tmp_path, inline_idle_s=0.0)
+
+    async def sequential():
+        return [await writer.append(_rows([f"s{i}"]), 1, alone=False) for i in range(3)]
+
+    asyncio.run(sequential())
+    assert writer.inline_writes == 0
+    table = LogTail(logs.storage, logs.feedback_prefix).read_new()
+    assert sorted(table.column("request_id").to_pylist()) == ["s0", "s1", "s2"]
+
+
 def test_under_concurrency_only_the_first_caller_is_in_line_and_the_rest_share_a_file(tmp_path):
     logs, writer = _writer(tmp_path, inline_idle_s=60.0)
     writer._idle_since = -float("inf")   # idle for ever: the first caller goes in-line

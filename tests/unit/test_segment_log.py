@@ -101,6 +101,24 @@ def test_a_lone_caller_syncs_in_line_and_concurrent_callers_share_syncs(tmp_path
     assert sum(_ids(logs).values()) == 25
 
 
+def test_a_caller_that_is_not_alone_syncs_in_a_thread_and_its_rows_are_durable(tmp_path):
+    """With other requests in flight (``alone=False``) the sync leaves the event loop:
+    a sync on the loop would hold those requests up for its whole duration."""
+    logs, seg = _log(tmp_path, inline_idle_s=0.002)
+
+    async def go(alone: bool):
+        for i in range(3):
+            await asyncio.sleep(0.01)
+            await seg.append(_rows([f"{alone}{i}"]), 1, alone=alone)
+
+    asyncio.run(go(False))
+    assert seg.inline_syncs == 0 and seg._current.synced == seg._current.written
+    asyncio.run(go(True))
+    assert seg.inline_syncs == 3
+    seg.seal_now()
+    assert sum(_ids(logs).values()) == 6
+
+
 def test_rows_across_midnight_are_sealed_into_their_own_day_partitions(tmp_path):
     logs, seg = _log(tmp_path, clock=StepClock(MIDNIGHT - 2.5))
     asyncio.run(_append_all(seg, [[f"r{i}"] for i in range(5)]))

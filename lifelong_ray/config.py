@@ -382,7 +382,7 @@ class DataConfig(_Frozen):
     log_segments: bool = Field(
         default=True,
         description="on a local storage root, each ingress replica appends its prediction rows to one open "
-                    "Arrow segment file (one write and one fdatasync per request, shared under load) and seals "
+                    "segment file (a JSON line per request: one write and one fdatasync, shared under load) and seals "
                     "it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
                     "false, or an object-store root: one parquet file per request (group commit)")
     log_seal_seconds: float = Field(

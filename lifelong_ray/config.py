@@ -73,6 +73,11 @@ class LabelSpec(_Frozen):
         return v
 
 
+#: columns the logs own (prediction, feedback and labeled logs): no feature may take these names
+RESERVED_COLUMNS: tuple[str, ...] = ("request_id", "t", "t_label", "version", "key", "shadow", "prediction",
+                                     "confidence", "latency_ms", "error", "label")
+
+
 class ModelSpec(_Frozen):
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$",
                       description="model name: URL path, storage prefix and controller name")
@@ -87,7 +92,17 @@ class ModelSpec(_Frozen):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate feature names: {dup}")
+        clash = [n for n in names if n in RESERVED_COLUMNS]
+        if clash:
+            raise ValueError(f"feature names {clash} are columns of the prediction/labeled logs; "
+                             f"rename them (reserved: {', '.join(RESERVED_COLUMNS)})")
         return v
+
+    @model_validator(mode="after")
+    def _label_is_not_a_feature(self) -> "ModelSpec":
+        if self.label.name in {f.name for f in self.features}:
+            raise ValueError(f"the label {self.label.name!r} is also a feature name")
+        return self
 
 
 class EstimatorConfig(_Frozen):

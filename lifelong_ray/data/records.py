@@ -10,7 +10,9 @@ A record holds a schema, the row count ``n``, the columns with a value per row
 (``rows``) and the columns with one value for all ``n`` rows (``same``: the time,
 the version, the routing key of one request). Values are what JSON carries: numbers,
 strings, booleans, None (null). Floats keep NaN and infinities (Python's JSON
-extension), so a null and a NaN stay apart.
+extension), so a null and a NaN stay apart. Text is written as UTF-8, so a string that
+is not valid Unicode (a lone surrogate) fails :meth:`LogRecord.encode`, that is, its
+own append, and never reaches a segment.
 
     >>> import pyarrow as pa
     >>> schema = pa.schema([("request_id", pa.string()), ("t", pa.float64()), ("x", pa.float64())])
@@ -43,13 +45,16 @@ class LogRecord:
 
     @classmethod
     def from_table(cls, table: pa.Table) -> "LogRecord":
-        """Any table as a record (every column per row)."""
+        """A table of JSON-typed columns (numbers, strings, booleans, nulls) as a record
+        (every column per row); other types (timestamps, binary) fail :meth:`encode`."""
         return cls(table.schema, table.num_rows, rows={c: table.column(c).to_pylist() for c in table.column_names})
 
     def encode(self) -> bytes:
-        """One JSON line (newline-terminated; JSON escapes every newline inside)."""
-        return (json.dumps({"n": self.n, "rows": self.rows, "same": self.same}, separators=(",", ":"))
-                + "\n").encode()
+        """One JSON line (newline-terminated; JSON escapes every newline inside), UTF-8.
+        ``UnicodeEncodeError`` for text that is not valid Unicode, ``TypeError`` for a
+        value JSON cannot carry."""
+        return (json.dumps({"n": self.n, "rows": self.rows, "same": self.same}, separators=(",", ":"),
+                           ensure_ascii=False) + "\n").encode()
 
     def to_table(self) -> pa.Table:
         return records_table(self.schema, [{"n": self.n, "rows": self.rows, "same": self.same}])
@@ -57,7 +62,10 @@ class LogRecord:
 
 def decode_line(line: bytes) -> dict[str, Any]:
     """The record of one line of :meth:`LogRecord.encode` (``ValueError`` if it is not one)."""
-    rec = json.loads(line)
+    try:
+        rec = json.loads(line)
+    except RecursionError:  # absurdly nested: damage, not a record
+        raise ValueError("nested too deeply to be a log record") from None
     if not (isinstance(rec, dict) and isinstance(rec.get("n"), int) and isinstance(rec.get("rows"), dict)
             and isinstance(rec.get("same"), dict)):
         raise ValueError("not a log record")

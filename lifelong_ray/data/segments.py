@@ -28,7 +28,9 @@ log) seals the segments nobody holds: those of a crashed replica. A torn last re
 (the process died inside a ``write``) belongs to a request that was never answered,
 and :func:`read_segment` drops it. A sealed file's name is a function of the segment
 and the day, and an existing one is not rewritten, so sealing the same segment twice
-(crash after the parquet write, before the unlink) adds no row.
+(crash after the parquet write, before the unlink) adds no row. A line that cannot be
+read (damage, not a crash: only the last line can be cut off) is skipped and the
+records after it are sealed; the segment's bytes are then kept for review.
 
 Only on a local disk: on an object store every append would be a network PUT, and
 the ingress keeps the per-request :class:`GroupCommit` files there.
@@ -105,22 +107,25 @@ def _schema_of(line: bytes) -> pa.Schema:
 
 
 def _table(schema: pa.Schema, records: list[dict]) -> tuple[pa.Table | None, str | None]:
-    """The records' table; if one does not fit the schema, the table of those before it."""
+    """The records' table; records that do not fit the schema are left out, and said."""
     try:
         return (records_table(schema, records) if records else None), None
     except ValueError:
         pass
-    for k, rec in enumerate(records):  # rare: find the first record that does not fit
+    good, bad = [], []  # rare: check record by record
+    for k, rec in enumerate(records):
         try:
             records_table(schema, [rec])
+            good.append(rec)
         except ValueError as err:
-            return (records_table(schema, records[:k]) if k else None), f"unreadable after {k} records ({err})"
-    raise AssertionError("unreachable: every record fits alone but not together")
+            bad.append(f"record {k + 1}: {err}")
+    return (records_table(schema, good) if good else None), f"{len(bad)} records do not fit the schema ({bad[0]})"
 
 
 def _read(path: str) -> tuple[pa.Table | None, str | None]:
-    """The complete records of the segment at ``path`` and, when its end could not be
-    read, why (a record torn by a crash, or damage)."""
+    """The readable records of the segment at ``path`` and, when some could not be
+    read, why (a last record cut off by a crash, or damage). Each line is a record of
+    its own: one that cannot be read is skipped, and the records after it are kept."""
     with open(path, "rb") as fh:
         data = fh.read()
     if not data:
@@ -133,17 +138,19 @@ def _read(path: str) -> tuple[pa.Table | None, str | None]:
         schema = _schema_of(lines[0])
     except (ValueError, KeyError, TypeError, pa.ArrowInvalid) as err:
         return None, f"no readable schema ({err})"
-    records, damage = [], None
-    for line in lines[1:]:
+    records, unreadable = [], []
+    for k, line in enumerate(lines[1:]):
         try:
             records.append(decode_line(line))
         except ValueError as err:
-            damage = f"unreadable after {len(records)} records ({err})"
-            break
-    if damage is None and torn:
-        damage = f"a record cut off after {len(records)} records ({len(torn)} bytes)"
+            unreadable.append(f"line {k + 2}: {err}")
+    damage = [f"{len(unreadable)} unreadable lines ({unreadable[0]})"] if unreadable else []
+    if torn:
+        damage.append(f"a last record cut off ({len(torn)} bytes)")
     table, misfit = _table(schema, records)
-    return table, misfit or damage
+    if misfit:
+        damage.append(misfit)
+    return table, "; ".join(damage) or None
 
 
 def read_segment(path: str) -> pa.Table | None:
@@ -205,8 +212,9 @@ def seal_file(logs: ModelLogs, prefix: str, full: str, *, fsync: bool) -> list[t
         keep = f"{os.path.dirname(full)}/{DAMAGED_DIR}"
         os.makedirs(keep, exist_ok=True)
         os.replace(full, f"{keep}/{os.path.basename(full)}")
-        log.warning("segment %s: %s; %d readable rows sealed, the file kept in %s/ (a record torn by a crash "
-                    "was never answered)", full, damage, sum(r for *_, r in out), DAMAGED_DIR)
+        log.warning("segment %s: %s; %d readable rows sealed, the file kept in %s/ for review (a last "
+                    "record cut off by a crash was never answered)", full, damage, sum(r for *_, r in out),
+                    DAMAGED_DIR)
     if fsync:
         _fsync_dir(os.path.dirname(full))
     return out

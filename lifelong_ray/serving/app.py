@@ -820,7 +820,8 @@ class Ingress:
         rejected = sorted([*rejected, *more], key=lambda r: r.index)
         if accepted:
             ids, labels = [c.request_id for c in accepted], [c.label for c in accepted]
-            write = asyncio.ensure_future(m.feedback_log.append(lambda t: feedback_rows(ids, labels, t), len(ids)))
+            write = asyncio.ensure_future(m.feedback_log.append(lambda t: feedback_rows(ids, labels, t), len(ids),
+                                                                alone=self._inflight == 0))
 
             def _settle(done: asyncio.Future) -> None:  # when the write ends, even if this request was cancelled
                 ok = not done.cancelled() and done.exception() is None

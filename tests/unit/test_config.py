@@ -28,6 +28,10 @@ def test_demo_config_loads():
                 "label": {"name": "y", "classes": [0, 1]}}}, "model.features.0", "min 3.0 is greater than max 1.0"),
     ({"model": {"name": "m", "features": [{"name": "x"}, {"name": "x"}],
                 "label": {"name": "y", "classes": [0, 1]}}}, "model.features", "duplicate feature names"),
+    ({"model": {"name": "m", "features": [{"name": "x"}, {"name": "t"}],
+                "label": {"name": "y", "classes": [0, 1]}}}, "model.features", "feature names ['t'] are columns"),
+    ({"model": {"name": "m", "features": [{"name": "x"}, {"name": "y"}],
+                "label": {"name": "y", "classes": [0, 1]}}}, "model", "the label 'y' is also a feature name"),
     ({"model": {"name": "m", "features": [{"name": "x"}], "label": {"name": "y", "classes": [1]}}},
      "model.label.classes", "at least 2"),
 ])
@@ -51,3 +55,10 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_every_column_the_logs_own_is_reserved_from_feature_names():
+    from lifelong_ray.config import RESERVED_COLUMNS
+    from lifelong_ray.data.logs import FEEDBACK_COLUMNS, LABELED_META, PREDICTION_META
+
+    assert set(PREDICTION_META) | set(FEEDBACK_COLUMNS) | set(LABELED_META) <= set(RESERVED_COLUMNS)

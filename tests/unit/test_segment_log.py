@@ -389,17 +389,35 @@ def _write_lines(full: str, *lines: bytes) -> None:
 
 
 @pytest.mark.parametrize("bad", [b"not json\n", b'{"n": 1, "rows": {"request_id": ["x"]}, "same": {}}\n',
-                                 b'{"n": 1, "rows": {"request_id": ["x"], "label": ["one"]}, "same": {"t": 1.0}}\n'],
-                         ids=["garbage", "missing-columns", "wrong-type"])
-def test_a_damaged_record_keeps_the_rows_before_it_and_the_file_for_review(tmp_path, bad):
+                                 b'{"n": 1, "rows": {"request_id": ["x"], "label": ["one"]}, "same": {"t": 1.0}}\n',
+                                 b"[" * 100_000 + b"\n"],
+                         ids=["garbage", "missing-columns", "wrong-type", "nested"])
+def test_a_damaged_record_is_skipped_and_the_records_around_it_are_sealed(tmp_path, bad):
+    """Each line is a record of its own: damage in one (not a crash: only the last line
+    can be cut off) loses no other answered row; the bytes are kept for review."""
     logs, seg = _log(tmp_path)
     asyncio.run(_append_all(seg, [["a"], ["b"]]))
     (name,) = _segments(logs)
     full = f"{seg.directory}/{name}"
     _write_lines(full, bad, LogRecord.from_table(feedback_rows(["c"], [1], T0)).encode())
-    assert read_segment(full).column("request_id").to_pylist() == ["a", "b"]
+    assert read_segment(full).column("request_id").to_pylist() == ["a", "b", "c"]
     os.close(seg._current.fd)
     seg._current = None
-    assert [rows for *_, rows in seal_orphans(logs, logs.predictions_prefix, fsync=False)] == [2]
-    assert _ids(logs) == Counter({"a": 1, "b": 1})
+    assert [rows for *_, rows in seal_orphans(logs, logs.predictions_prefix, fsync=False)] == [3]
+    assert _ids(logs) == Counter({"a": 1, "b": 1, "c": 1})
     assert os.listdir(f"{seg.directory}/{DAMAGED_DIR}") == [name]
+
+
+def test_text_that_is_not_unicode_fails_its_own_append_and_nothing_else(tmp_path):
+    logs, seg = _log(tmp_path)
+
+    async def go():
+        return await asyncio.gather(seg.append(_prediction(logs, "a"), 1),
+                                    seg.append(_prediction(logs, "bad", error="cut \ud800 here"), 1),
+                                    seg.append(_prediction(logs, "c"), 1), return_exceptions=True)
+
+    out = asyncio.run(go())
+    assert isinstance(out[1], UnicodeEncodeError) and not isinstance(out[0], Exception)
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1, "c": 1})
+    assert not os.path.exists(f"{seg.directory}/{DAMAGED_DIR}")

@@ -41,6 +41,14 @@ between rounds (ABBA...), so drift in the machine's load hits every side alike; 
 side is warmed up first. Figures are medians across ``--rounds`` rounds and ratios are
 router / plain of those medians.
 
+**Replica CPU per request** (a column of the table, not in ``--json``): during each
+concurrent phase, the user + system CPU seconds of the side's replica processes (all
+threads, from ``/proc/<pid>/stat``; the router's are the ingress and the version apps)
+divided by the phase's requests: the work each side's replicas do per request, where
+req/s also measures the share of 2 busy cores a side's replica happened to get. It
+still moves between runs (Serve's per-request cost changes with how requests bunch up).
+Serve's HTTP proxy and the client threads, shared by the sides, are not counted.
+
 Targets (issue 5): p50 ratio <= 1.10 and throughput ratio >= 0.90. ``--json`` prints
 exactly ``{"p50_ratio", "p99_ratio", "throughput_ratio", "plain_rps", "router_rps"}``
 (floats) on stdout; progress goes to stderr. Without ``--json``: result tables (rich),
@@ -76,7 +84,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # NB: no ``from __future__ import annotations`` here: the plain deployment's FastAPI
 # route is pickled by value into its replica, and FastAPI must find real classes (not
@@ -138,6 +146,7 @@ class Phase:
     rps: float                         # at the fixed concurrency
     loaded_latencies_ms: list[float]   # the same concurrent requests, each one's latency
     versions: Counter = field(default_factory=Counter)
+    cpu_ms: float | None = None        # the side's replica processes: CPU ms per concurrent request
 
 
 # --------------------------------------------------------------------------------------
@@ -163,6 +172,8 @@ def summarize_side(phases: list[Phase]) -> dict[str, Any]:
     out["loaded_p50"] = statistics.median(percentiles(p.loaded_latencies_ms)["p50"] for p in phases)
     out["rounds_p50"] = [r["p50"] for r in per_round]
     out["rounds_rps"] = [p.rps for p in phases]
+    cpu = [p.cpu_ms for p in phases if p.cpu_ms is not None]
+    out["cpu_ms"] = statistics.median(cpu) if cpu else None
     versions: Counter = Counter()
     for p in phases:
         versions.update(p.versions)
@@ -441,10 +452,29 @@ class Load:
         rps = n / (time.perf_counter() - t0)
         return rps, [ms for ms, _ in out], Counter(v for _, v in out)
 
-    def measure(self, url: str, s: Settings) -> Phase:
+    def measure(self, url: str, s: Settings, cpu: Callable[[], float | None] = lambda: None) -> Phase:
+        """Sequential latencies, then the concurrent phase, during which ``cpu()`` (CPU
+        seconds of the side's replica processes) is read before and after."""
         latencies, versions = self.sequential(url, s.latency_requests)
+        c0 = cpu()
         rps, loaded, v2 = self.concurrent(url, s.throughput_requests)
-        return Phase(latencies, rps, loaded, versions + v2)
+        c1 = cpu()
+        cpu_ms = (c1 - c0) / s.throughput_requests * 1e3 if c0 is not None and c1 is not None else None
+        return Phase(latencies, rps, loaded, versions + v2, cpu_ms)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid``, all its threads (Linux ``/proc``), or None.
+
+    >>> process_cpu_seconds(os.getpid()) is None or process_cpu_seconds(os.getpid()) > 0
+    True
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def request_bodies(stream: Stream, s: Settings, count: int = 64) -> list[bytes]:
@@ -454,17 +484,18 @@ def request_bodies(stream: Stream, s: Settings, count: int = 64) -> list[bytes]:
             for i in range(count)]
 
 
-def run_rounds(load: Load, urls: dict[str, str], s: Settings, say: Any) -> dict[str, list[Phase]]:
+def run_rounds(load: Load, urls: dict[str, str], s: Settings, say: Any,
+               cpu: Callable[[str], float | None] = lambda side: None) -> dict[str, list[Phase]]:
     for side in s.sides():
         load.sequential(urls[side], s.warmup)
         load.concurrent(urls[side], s.warmup)
     phases: dict[str, list[Phase]] = {side: [] for side in s.sides()}
     for r in range(s.rounds):
         for side in round_order(s.sides(), r):
-            p = load.measure(urls[side], s)
+            p = load.measure(urls[side], s, functools.partial(cpu, side))
             phases[side].append(p)
             say(f"round {r + 1}/{s.rounds} {side:>9}: p50 {percentiles(p.latencies_ms)['p50']:.2f} ms, "
-                f"{p.rps:.0f} req/s")
+                f"{p.rps:.0f} req/s" + (f", replica CPU {p.cpu_ms:.2f} ms/request" if p.cpu_ms is not None else ""))
     return phases
 
 
@@ -556,6 +587,29 @@ class ServeSession:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def replica_pids(self) -> dict[str, list[int]]:
+        """The pids of each side's Serve replicas: the router's are the ingress and the
+        versions' apps; a plain side's its app's. From the GCS actor table (the state
+        API needs the dashboard, which this benchmark does not start); {} if unreadable,
+        and the CPU column then shows "-"."""
+        from ray._private import state
+
+        plain_names = {name for name, _ in PLAIN_APPS.values()}
+        apps = {ROUTER: {name for name in self.apps if name not in plain_names}}
+        apps.update({side: {PLAIN_APPS[side][0]} for side in self.s.sides() if side in PLAIN_APPS})
+        try:
+            actors = state.actors(actor_state_name="ALIVE").values()
+        except Exception:  # noqa: BLE001 - a private API: the accounting is optional
+            return {}
+        out: dict[str, list[int]] = {side: [] for side in apps}
+        for a in actors:
+            parts = str(a.get("ActorClassName", "")).split(":")
+            if len(parts) >= 3 and parts[0] == "ServeReplica" and a.get("Pid"):
+                for side, names in apps.items():
+                    if parts[1] in names:
+                        out[side].append(int(a["Pid"]))
+        return out
+
     def urls(self) -> dict[str, str]:
         path = f"/v1/models/{self.cfg.model.name}:predict"
         out = {ROUTER: f"{self.base}{path}"}
@@ -612,8 +666,14 @@ def run_benchmark(cfg: Config, s: Settings, port: int | None = None, say: Any = 
             load = Load(request_bodies(stream, s), s.instances, s.concurrency)
             try:
                 load_before = load_average()
+                pids = session.replica_pids()
+
+                def cpu(side: str) -> float | None:
+                    seconds = [process_cpu_seconds(pid) for pid in pids.get(side, [])]
+                    return sum(seconds) if seconds and None not in seconds else None
+
                 t0 = time.perf_counter()
-                phases = run_rounds(load, session.urls(), s, say)
+                phases = run_rounds(load, session.urls(), s, say, cpu)
                 seconds = time.perf_counter() - t0
                 load_after = load_average()
             finally:
@@ -661,14 +721,21 @@ def print_tables(r: dict[str, Any]) -> None:
                   f"{' '.join(f'{x:.2f}' for x in r['load_after'])} | measured for {r['measure_seconds']:.0f} s")
     t = Table(title="HTTP predict latency (sequential) and throughput (concurrent)")
     for col in ("side", "p50 ms", "p90 ms", "p99 ms", "req/s", f"p50 ms at {s['concurrency']} clients",
-                "answered by"):
+                "replica CPU ms/req", "answered by"):
         t.add_column(col, justify="left" if col in ("side", "answered by") else "right")
+
+    def cpu_cell(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
     for name, side in r["sides"].items():
         t.add_row(name, f"{side['p50']:.2f}", f"{side['p90']:.2f}", f"{side['p99']:.2f}", f"{side['rps']:.0f}",
-                  f"{side['loaded_p50']:.2f}", ", ".join(f"{v} {n}" for v, n in side["versions"].items()))
+                  f"{side['loaded_p50']:.2f}", cpu_cell(side.get("cpu_ms")),
+                  ", ".join(f"{v} {n}" for v, n in side["versions"].items()))
+    cpu_r, cpu_p = r["sides"][ROUTER].get("cpu_ms"), r["sides"][PLAIN].get("cpu_ms")
     t.add_row("router / plain", f"{r['p50_ratio']:.3f}", f"{r['p90_ratio']:.3f}", f"{r['p99_ratio']:.3f}",
               f"{r['throughput_ratio']:.3f}",
-              f"{r['sides'][ROUTER]['loaded_p50'] / r['sides'][PLAIN]['loaded_p50']:.3f}", "")
+              f"{r['sides'][ROUTER]['loaded_p50'] / r['sides'][PLAIN]['loaded_p50']:.3f}",
+              f"{cpu_r / cpu_p:.3f}" if cpu_r and cpu_p else "-", "")
     console.print(t)
     console.print("per round, router / plain: p50 " + ", ".join(f"{x:.3f}" for x in r["rounds_p50_ratio"])
                   + "; throughput " + ", ".join(f"{x:.3f}" for x in r["rounds_throughput_ratio"]))

@@ -166,3 +166,25 @@ def test_print_tables_shows_ratios_breakdown_and_missed_targets(bench, capsys):
     assert "v0001 9, v0002 1" in out and "23,000 rows in 1,234 files for 800 requests" in out and "load average before 0.50 0.40 0.30" in out
     assert "3.00" in out and "60%" in out and "2.00" in out and "40%" in out  # log 7-4, hop 9-7 of 5 ms
     assert out.count("NO") == 2
+
+
+def test_replica_cpu_per_request_is_the_median_of_the_rounds_that_measured_it(bench, capsys):
+    plain = [bench.Phase([4.0], 200.0, [8.0], cpu_ms=c) for c in (5.0, 7.0, 6.0)]
+    router = [bench.Phase([5.0], 180.0, [9.0], cpu_ms=c) for c in (6.5, None, 6.0)]
+    s = bench.summarize({"plain": plain, "router": router})
+    assert s["sides"]["plain"]["cpu_ms"] == 6.0 and s["sides"]["router"]["cpu_ms"] == 6.25
+    assert bench.summarize({"plain": [_phase(bench, [1.0], 1.0)], "router": [_phase(bench, [1.0], 1.0)]}
+                           )["sides"]["router"]["cpu_ms"] is None  # not measured: None, never 0
+    s.update(settings=bench.Settings(rounds=3).__dict__, versions=["v0001", "v0002"], weights={"v0001": 90.0},
+             load_before=(0.5,) * 3, load_after=(0.6,) * 3, measure_seconds=1.0, prediction_log_files=1,
+             prediction_log_rows=1, ray_version="x", date="today", machine="m")
+    bench.print_tables(s)
+    out = capsys.readouterr().out
+    assert "replica CPU ms/req" in out and "6.25" in out and "1.042" in out  # 6.25 / 6.0
+
+
+def test_process_cpu_seconds_reads_this_process_and_none_for_a_gone_one(bench):
+    import os
+
+    assert bench.process_cpu_seconds(os.getpid()) > 0
+    assert bench.process_cpu_seconds(2 ** 22 + 7) is None  # above Linux's pid_max

@@ -223,35 +223,15 @@ class ModelLogs:
         """Write :meth:`prediction_rows` as one file (keyword arguments as there)."""
         return self.write(self.predictions_prefix, self.prediction_rows(**rows), rows["t"])
 
-    def prediction_rows(
-        self,
-        *,
-        request_ids: Sequence[str],
-        t: float,
-        version: str,
-        features: dict[str, pa.Array],
-        predictions: Sequence[int],
-        confidence: Sequence[float],
-        latency_ms: float,
-        key: str | None = None,
-        shadow: bool = False,
-        error: str | None = None,
-    ) -> pa.Table:
-        """Rows of the prediction log, one per request id (the routing key hashed if configured)."""
-        n = len(request_ids)
-        cols: dict[str, Any] = {
-            "request_id": pa.array(list(request_ids), pa.string()),
-            "t": pa.array(np.full(n, t), pa.float64()),
-            "version": pa.array([version] * n, pa.string()),
-            "key": pa.array([self.pii.hash_key(key) if self.pii else key] * n, pa.string()),
-            "shadow": pa.array([shadow] * n, pa.bool_()),
-            "prediction": pa.array(np.asarray(predictions, dtype=np.int64), pa.int64()),
-            "confidence": pa.array(np.asarray(confidence, dtype=np.float64), pa.float64()),
-            "latency_ms": pa.array(np.full(n, latency_ms), pa.float64()),
-            "error": pa.array([error] * n, pa.string()),
-        }
-        cols.update(features)
-        return pa.table(cols)
+    def prediction_rows(self, *, features: dict[str, pa.Array], **rows: Any) -> pa.Table:
+        """Rows of the prediction log, one per request id (the routing key hashed if
+        configured): the table of :meth:`prediction_record` (keyword arguments as there),
+        with ``features`` as Arrow arrays, e.g. from :func:`feature_arrays` (string arrays
+        are the categorical features). One definition of the log's rows for both writers."""
+        arrays = {n: a if isinstance(a, pa.Array) else pa.array(a) for n, a in features.items()}
+        return self.prediction_record(features={n: a.to_pylist() for n, a in arrays.items()},
+                                      categorical={n for n, a in arrays.items() if pa.types.is_string(a.type)},
+                                      **rows).to_table()
 
     def prediction_record(
         self,
@@ -268,10 +248,10 @@ class ModelLogs:
         shadow: bool = False,
         error: str | None = None,
     ) -> LogRecord:
-        """:meth:`prediction_rows` as a :class:`~lifelong_ray.data.records.LogRecord` (for the
-        segment log): ``features`` from :func:`feature_values`, ``categorical`` the names
-        of its string columns. ``record.to_table()`` equals :meth:`prediction_rows` with
-        :func:`feature_arrays` of the same columns."""
+        """The rows of one answer as a :class:`~lifelong_ray.data.records.LogRecord` (what the
+        segment log writes; :meth:`prediction_rows` is its table): ``features`` from
+        :func:`feature_values`, ``categorical`` the names of its string columns. Features
+        are float64 (NaN and None: null) or, when categorical, strings."""
         names = tuple(features)
         sig = (names, frozenset(categorical))
         schema = self._record_schemas.get(sig)

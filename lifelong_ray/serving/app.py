@@ -549,7 +549,7 @@ class Ingress:
 
     async def __init__(self, cfg_dicts: list[dict[str, Any]], index_capacity: int = DEFAULT_INDEX_CAPACITY) -> None:
         self._models: dict[str, _Model] = {}
-        self._inflight = 0  # predicts being answered by this replica (the log syncs in-line only when alone)
+        self._inflight = 0  # predicts and shadow calls in flight in this replica (the log syncs in-line only alone)
         for d in cfg_dicts:
             cfg = Config.model_validate(d)
             self._models[cfg.model.name] = _Model(cfg, index_capacity)
@@ -703,9 +703,9 @@ class Ingress:
             confidence=conf if conf is not None else [math.nan] * n, latency_ms=latency_ms,
             key=key, shadow=shadow, error=error)
         # a lone request syncs the log on the event loop (no thread hop); with others in
-        # flight the sync goes to a thread, so their validation and model calls go on meanwhile
-        alone = self._inflight <= (0 if shadow else 1)
-        path, t = await m.predictions_log.append(lambda t: rows(t=t), n, alone=alone)
+        # flight (predicts and shadow calls, each counted in _inflight, this one too) the
+        # sync goes to a thread, so their validation and model calls go on meanwhile
+        path, t = await m.predictions_log.append(lambda t: rows(t=t), n, alone=self._inflight <= 1)
         if not shadow and error is None:
             m.book.served_now(None if isinstance(m.predictions_log, SegmentLog) else path, request_ids, t)
 
@@ -721,6 +721,14 @@ class Ingress:
 
     async def _shadow(self, m: _Model, version: str, cols: dict[str, np.ndarray], features: dict[str, Any],
                       request_ids: list[str], key: str | None) -> None:
+        self._inflight += 1  # a shadow call is work in flight too: its log write syncs in-line only alone
+        try:
+            await self._shadow_call(m, version, cols, features, request_ids, key)
+        finally:
+            self._inflight -= 1
+
+    async def _shadow_call(self, m: _Model, version: str, cols: dict[str, np.ndarray], features: dict[str, Any],
+                           request_ids: list[str], key: str | None) -> None:
         t0 = time.perf_counter()
         try:
             labels, conf = await self._call(m, version, cols)

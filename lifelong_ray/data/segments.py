@@ -28,7 +28,9 @@ log) seals the segments nobody holds: those of a crashed replica. A torn last re
 (the process died inside a ``write``) belongs to a request that was never answered,
 and :func:`read_segment` drops it. A sealed file's name is a function of the segment
 and the day, and an existing one is not rewritten, so sealing the same segment twice
-(crash after the parquet write, before the unlink) adds no row. A line that cannot be
+(crash after the parquet write, before the unlink) adds no row. A creator that died
+between creating the temporary file and renaming it leaves a ``.tmp`` file with at most
+the header: the scan deletes it once it is a minute old and unlocked. A line that cannot be
 read (damage, not a crash: only the last line can be cut off) is skipped and the
 records after it are sealed; the segment's bytes are then kept for review.
 
@@ -171,6 +173,47 @@ def segment_paths(storage: Storage, prefix: str) -> list[str]:
         return []
 
 
+#: A segment still under its temporary name this long after its last change was left by
+#: a creator that died between ``open`` and ``rename`` (creation takes microseconds).
+STALE_TMP_SECONDS = 60.0
+
+
+def remove_stale_tmp(storage: Storage, prefix: str, now: float | None = None) -> list[str]:
+    """Delete the temporary files of segment creations that never finished: older than
+    :data:`STALE_TMP_SECONDS` and locked by nobody. Such a file holds at most the
+    segment header, never an acknowledged row. Returns the names removed."""
+    if not storage.is_local:
+        return []
+    directory = storage.path(segment_dir(prefix))
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(".") and n.endswith(".tmp")]
+    except FileNotFoundError:
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for name in names:
+        full = f"{directory}/{name}"
+        try:
+            fd = os.open(full, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            if now - os.fstat(fd).st_mtime < STALE_TMP_SECONDS:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its creator is alive
+            os.unlink(full)
+            removed.append(name)
+            log.info("removed %s, left by a segment creation that did not finish", name)
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
 def open_segment_tables(storage: Storage, prefix: str) -> list[pa.Table]:
     """The rows of every segment of the log at ``prefix`` not sealed yet (all replicas'):
     for readers that must also see the last ``log_seal_seconds`` of answers. A row can
@@ -225,7 +268,9 @@ def seal_orphans(logs: ModelLogs, prefix: str, *, fsync: bool,
     """Seal every segment of ``prefix`` that no live writer holds (a dead replica's).
 
     A segment is sealed only under its exclusive lock, and only if the name still
-    points at the locked file (its owner may have sealed and deleted it meanwhile)."""
+    points at the locked file (its owner may have sealed and deleted it meanwhile).
+    Stale temporary files of unfinished creations are removed (:func:`remove_stale_tmp`)."""
+    remove_stale_tmp(logs.storage, prefix)
     out = []
     for full in segment_paths(logs.storage, prefix):
         name = os.path.basename(full)

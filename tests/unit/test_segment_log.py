@@ -17,7 +17,15 @@ import numpy as np
 from lifelong_ray.data.logs import LogTail, ModelLogs, feature_arrays, feature_values, feedback_rows
 from lifelong_ray.data.privacy import PiiHasher
 from lifelong_ray.data.records import LogRecord, decode_line, records_table
-from lifelong_ray.data.segments import DAMAGED_DIR, SegmentLog, read_segment, seal_orphans, segment_paths
+from lifelong_ray.data.segments import (
+    DAMAGED_DIR,
+    STALE_TMP_SECONDS,
+    SegmentLog,
+    read_segment,
+    remove_stale_tmp,
+    seal_orphans,
+    segment_paths,
+)
 from lifelong_ray.serving.feedback import FeedbackBook, search_segments
 from lifelong_ray.storage import Storage
 
@@ -168,6 +176,33 @@ def test_a_live_replicas_segment_is_never_taken_as_an_orphan(tmp_path):
     # a segment being created (temporary name, not locked yet by a scanner's reckoning) is not listed
     open(f"{seg.directory}/.r9-000001.tmp", "wb").close()
     assert seal_orphans(logs, logs.predictions_prefix, fsync=True) == []
+    seg.seal_now()
+    assert _ids(logs) == Counter({"a": 1})
+
+
+def test_a_creation_that_died_before_its_rename_leaves_a_tmp_file_the_next_scan_removes(tmp_path):
+    """A ``.tmp`` file older than STALE_TMP_SECONDS that nobody locks is a dead creator's
+    (it holds at most the header): removed. A fresh one, or one still locked, stays."""
+    import fcntl
+
+    logs, seg = _log(tmp_path)
+    asyncio.run(_append_all(seg, [["a"]]))
+    d = seg.directory
+    old = time_now = os.stat(f"{d}/{_segments(logs)[0]}").st_mtime
+    for name in (".dead-000001.tmp", ".held-000001.tmp", ".fresh-000001.tmp"):
+        open(f"{d}/{name}", "wb").close()
+    for name in (".dead-000001.tmp", ".held-000001.tmp"):
+        os.utime(f"{d}/{name}", (old - STALE_TMP_SECONDS - 1, old - STALE_TMP_SECONDS - 1))
+    held = os.open(f"{d}/.held-000001.tmp", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its creator is still alive
+    try:
+        assert remove_stale_tmp(logs.storage, logs.predictions_prefix, now=time_now) == [".dead-000001.tmp"]
+        assert sorted(n for n in os.listdir(d) if n.endswith(".tmp")) == [".fresh-000001.tmp", ".held-000001.tmp"]
+    finally:
+        os.close(held)
+    os.utime(f"{d}/.held-000001.tmp", (old - STALE_TMP_SECONDS - 1, old - STALE_TMP_SECONDS - 1))
+    assert seal_orphans(logs, logs.predictions_prefix, fsync=True) == []  # the live segment stays too
+    assert sorted(n for n in os.listdir(d) if n.endswith(".tmp")) == [".fresh-000001.tmp"]
     seg.seal_now()
     assert _ids(logs) == Counter({"a": 1})
 

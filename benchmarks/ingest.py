@@ -8,20 +8,31 @@ Three measurements, each against its baseline in the same run:
 
    * **Over HTTP** (the user-visible figure; not with ``--quick``): the script starts
      its own local Ray and Serve (127.0.0.1, a free port; shut down at the end) and
-     deploys one small app per variant doing the ingress's predict work: parse the
+     deploys ONE small app (one replica) doing the ingress's predict work: parse the
      JSON body, ``Schema.validate_records``, predict with a model registered in and
      loaded from the registry, and -- in the log variants -- the ingress's own log
      write (``ModelLogs.prediction_record`` through the writer the ingress builds,
      ``prediction_writer``: the replica's segment log, sealed into parquet every
-     ``data.log_seal_seconds``; awaited before the answer). One client sends ``--requests`` single-instance requests
-     one at a time, split into ``--rounds`` rounds in which the variants alternate
-     (ABC, CBA, ...); p50/p95 over all of a variant's requests. Then each variant
-     serves the same requests from ``--clients`` concurrent clients (p50 latency,
-     requests/s and the parquet files the seals wrote). The version hop of the real router is left out of every variant.
+     ``data.log_seal_seconds``; awaited before the answer). The variant is the last
+     part of the path (``/bench/no-log``, ``/bench/log-fsync``, ...); each log variant
+     writes under a storage root of its own. All variants share the replica process,
+     so the comparison holds everything but the log write equal: an A/A check with two
+     identical no-log *apps* (two replicas) measured their p50s 4.1% apart, as much as
+     the target; two no-log routes of this one app, 0.7% apart. One client sends
+     ``--requests`` single-instance requests one at a time, the variants in turn
+     request by request (each cycle of three in the next of their six orders); p50/p95
+     over all of a variant's requests. Turn by turn, because this machine's speed moves
+     by up to 25% within seconds: with chunks of 66 requests per variant (the earlier
+     design), the chunks' p50s ranged from 13 to 23 ms in one run. The price: a log
+     variant's seal (every ``log_seal_seconds``, a few ms) can delay a request of
+     another variant, so the log's tail is shared, not its p50. Then each variant
+     serves the same requests from ``--clients`` concurrent clients, in ``--rounds``/2
+     alternating rounds (p50 latency, requests/s and the parquet files the seals
+     wrote). The version hop of the real router is left out of every variant.
    * **In process** (always; the only one with ``--quick``): the same work without
-     HTTP, request by request, the variants taking turns, with
-     ``ModelLogs.append_predictions`` (one file per request): the overhead relative
-     to the ingress's CPU work alone, an upper bound of the HTTP share.
+     HTTP, request by request on one event loop, the variants taking turns, with the
+     same writer (``prediction_writer``, one per log variant, appends awaited): the
+     overhead relative to the ingress's CPU work alone, an upper bound of the HTTP share.
 
    ``logging_p50_overhead = p50(log) / p50(no log) - 1`` for the variant the default
    ``data.log_fsync`` selects, over HTTP when it was measured, else in process.
@@ -53,7 +64,10 @@ Three measurements, each against its baseline in the same run:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
+import itertools
 import json
 import os
 import platform
@@ -77,7 +91,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from lifelong_ray.config import Config, DataConfig, load_config  # noqa: E402
 from lifelong_ray.data.guard import label_shift, out_of_range  # noqa: E402
 from lifelong_ray.data.ingest import mark_rows, schema_problems, to_labeled  # noqa: E402
-from lifelong_ray.data.logs import ModelLogs, feature_arrays, feature_values  # noqa: E402
+from lifelong_ray.data.logs import ModelLogs, feature_values  # noqa: E402
 from lifelong_ray.data.schema import Schema  # noqa: E402
 from lifelong_ray.data.transform import FeatureTransform, columns_from_table  # noqa: E402
 from lifelong_ray.sim.streams import abrupt_concept_drift  # noqa: E402
@@ -116,32 +130,58 @@ def _registered_model(cfg: Config, storage: Storage) -> Any:
 
 
 def measure_logging(cfg: Config, storage: Storage, requests: int) -> dict[str, Any]:
-    """In process, request by request: the variants of :data:`HTTP_VARIANTS` take turns."""
+    """In process, request by request on one event loop: the variants of
+    :data:`HTTP_VARIANTS` take turns, each log variant with the ingress's writer."""
+    from lifelong_ray.data.segments import prediction_writer
+    from lifelong_ray.serving.app import new_request_ids
+
     schema = Schema(cfg.model)
     categorical = {f.name for f in schema.features if f.dtype == "category"}
     model = _registered_model(cfg, storage)
-    writers = {route: None if fsync is None else ModelLogs.from_config(
-        storage, cfg.with_overrides(data={"log_fsync": fsync})) for route, fsync in HTTP_VARIANTS.items()}
     records = abrupt_concept_drift(requests, drift_at=requests // 2, seed=1).rows(0, requests)
-
-    def serve(i: int, logs: ModelLogs | None) -> float:
-        t0 = time.perf_counter()
-        cols, violations = schema.validate_records([records[i]])
-        assert not violations
-        labels, conf = model.predict(cols)
-        if logs is not None:
-            logs.append_predictions(request_ids=[f"r{i}"], t=time.time(), version=model.version,
-                                    features=feature_arrays(cols, schema.names, categorical), predictions=labels,
-                                    confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key="user-1")
-        return time.perf_counter() - t0
-
     routes = list(HTTP_VARIANTS)
-    for i in range(min(60, requests)):  # warm-up: imports, allocator, page cache
-        serve(i, writers[routes[i % len(routes)]])
-    times: dict[str, list[float]] = {r: [] for r in routes}
-    for i in range(requests):
-        route = routes[i % len(routes)]
-        times[route].append(serve(i, writers[route]))
+
+    async def measure() -> dict[str, list[float]]:
+        writers: dict[str, tuple[ModelLogs, Any] | None] = {}
+        for route, fsync in HTTP_VARIANTS.items():
+            if fsync is None:
+                writers[route] = None
+                continue
+            logs = ModelLogs.from_config(Storage(variant_root(cfg.storage.root, route)),
+                                         cfg.with_overrides(data={"log_fsync": fsync}))
+            writers[route] = (logs, prediction_writer(logs, segments=cfg.data.log_segments,
+                                                      seal_s=cfg.data.log_seal_seconds))
+
+        async def serve(i: int, log: tuple[ModelLogs, Any] | None) -> float:
+            t0 = time.perf_counter()
+            cols, violations = schema.validate_records([records[i]])
+            assert not violations
+            labels, conf = model.predict(cols)
+            ids = new_request_ids(len(labels))
+            if log is not None:
+                logs, writer = log
+                rows = functools.partial(
+                    logs.prediction_record, request_ids=ids, version=model.version,
+                    features=feature_values(cols, schema.names, categorical), categorical=categorical,
+                    predictions=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key="user-1")
+                await writer.append(lambda t: rows(t=t), len(ids))
+            return time.perf_counter() - t0
+
+        try:
+            for i in range(min(60, requests)):  # warm-up: imports, allocator, page cache
+                await serve(i, writers[routes[i % len(routes)]])
+            times: dict[str, list[float]] = {r: [] for r in routes}
+            for i in range(requests):
+                route = routes[i % len(routes)]
+                times[route].append(await serve(i, writers[route]))
+                await asyncio.sleep(0)  # let a due seal run, as the ingress's loop would between requests
+            return times
+        finally:
+            for w in writers.values():
+                if w is not None and hasattr(w[1], "close"):  # a segment log seals what is left
+                    w[1].close()
+
+    times = asyncio.run(measure())
     return _summary(times, {"requests_per_variant": len(times[routes[0]])})
 
 
@@ -156,8 +196,14 @@ def _summary(seq: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, An
 
 
 # -- 1b. logging overhead over HTTP ------------------------------------------------------
+def variant_root(root: str, route: str) -> str:
+    """The storage root a log variant writes its prediction log under."""
+    return os.path.join(root, "variants", route.strip("/"))
+
+
 def _predict_deployment() -> Any:
-    """The ingress's predict work as one Serve deployment: validate -> predict -> (log) -> answer.
+    """The ingress's predict work as one Serve deployment: validate -> predict -> (log) -> answer,
+    for every variant of :data:`HTTP_VARIANTS` (the last part of the request's path).
 
     The log write is the ingress's own: ``ModelLogs.prediction_record`` through the
     writer the ingress builds (``prediction_writer``: a segment log on a local root,
@@ -171,26 +217,33 @@ def _predict_deployment() -> Any:
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
     class BenchPredict:
-        def __init__(self, cfg_dict: dict[str, Any], version: str, log_fsync: bool | None) -> None:
+        def __init__(self, cfg_dict: dict[str, Any], version: str,
+                     variants: dict[str, tuple[bool, str] | None]) -> None:
+            """``variants``: route -> None (no log) or (``log_fsync``, the storage root of its log)."""
             cfg = Config.model_validate(cfg_dict)
-            storage = Storage(cfg.storage.root)
             self.schema = Schema(cfg.model)
             self.categorical = {f.name for f in self.schema.features if f.dtype == "category"}
-            self.model = Registry(storage, cfg.model.name).load(version)
-            self.logs = None if log_fsync is None else ModelLogs.from_config(
-                storage, cfg.with_overrides(data={"log_fsync": log_fsync}))
-            self.writer = None if self.logs is None else prediction_writer(
-                self.logs, segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds)
+            self.model = Registry(Storage(cfg.storage.root), cfg.model.name).load(version)
+            self.logs: dict[str, tuple[ModelLogs, Any] | None] = {}
+            for route, log in variants.items():
+                if log is None:
+                    self.logs[route] = None
+                    continue
+                fsync, root = log
+                logs = ModelLogs.from_config(Storage(root),
+                                             cfg.with_overrides(data={"log_fsync": fsync}))
+                self.logs[route] = (logs, prediction_writer(logs, segments=cfg.data.log_segments,
+                                                            seal_s=cfg.data.log_seal_seconds))
             self.inflight = 0  # as the ingress: the log syncs in-line only for a lone request
 
         async def __call__(self, request: Request) -> dict[str, Any]:
             self.inflight += 1
             try:
-                return await self._answer(request)
+                return await self._answer(request, self.logs["/" + request.url.path.rstrip("/").rsplit("/", 1)[-1]])
             finally:
                 self.inflight -= 1
 
-        async def _answer(self, request: Request) -> dict[str, Any]:
+        async def _answer(self, request: Request, log: tuple[ModelLogs, Any] | None) -> dict[str, Any]:
             t0 = time.perf_counter()
             body = await request.json()
             cols, violations = self.schema.validate_records(body["instances"])
@@ -198,13 +251,14 @@ def _predict_deployment() -> Any:
                 raise ValueError(violations)
             labels, conf = self.model.predict(cols)
             ids = new_request_ids(len(labels))
-            if self.writer is not None:
+            if log is not None:
+                logs, writer = log
                 rows = functools.partial(
-                    self.logs.prediction_record, request_ids=ids, version=self.model.version,
+                    logs.prediction_record, request_ids=ids, version=self.model.version,
                     features=feature_values(cols, self.schema.names, self.categorical),
                     categorical=self.categorical, predictions=labels,
                     confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.get("key"))
-                await self.writer.append(lambda t: rows(t=t), len(ids), alone=self.inflight <= 1)
+                await writer.append(lambda t: rows(t=t), len(ids), alone=self.inflight <= 1)
             return {"predictions": np.asarray(labels).tolist(), "request_ids": ids}
 
     return BenchPredict
@@ -240,8 +294,9 @@ def _concurrent(url: str, bodies: list[bytes], clients: int) -> list[float]:
 
 def measure_logging_http(cfg: Config, storage: Storage, requests_: int, rounds: int,
                          clients: int) -> dict[str, Any]:
-    """p50/p95 of sequential predicts over real HTTP per variant (rounds alternate ABC/CBA),
-    then the same under ``clients`` concurrent clients, with the log files written."""
+    """p50/p95 of sequential predicts over real HTTP per variant (the variants in turn,
+    request by request), then the same under ``clients`` concurrent clients (``rounds``/2
+    alternating rounds), with the log files written."""
     import ray
     import requests
     from ray import serve
@@ -253,37 +308,47 @@ def measure_logging_http(cfg: Config, storage: Storage, requests_: int, rounds: 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = _predict_deployment()
-        for route, fsync in HTTP_VARIANTS.items():
-            serve.run(app.bind(cfg.model_dump(mode="json"), version, fsync), name=f"bench{route.replace('/', '-')}",
-                      route_prefix=route)
-        base = f"http://127.0.0.1:{port}"
+        variants = {route: None if fsync is None else (fsync, variant_root(cfg.storage.root, route))
+                    for route, fsync in HTTP_VARIANTS.items()}
+        serve.run(_predict_deployment().bind(cfg.model_dump(mode="json"), version, variants), name="bench",
+                  route_prefix="/bench")
+        base = f"http://127.0.0.1:{port}/bench"
         seq: dict[str, list[float]] = {r: [] for r in HTTP_VARIANTS}
-        per_round = max(1, requests_ // (rounds * len(HTTP_VARIANTS)))
+        orders = list(itertools.permutations(HTTP_VARIANTS))
         with requests.Session() as session:
             for route in HTTP_VARIANTS:  # warm-up
                 _sequential(base + route, bodies[:20], session)
-            for k in range(rounds):
-                order = list(HTTP_VARIANTS) if k % 2 == 0 else list(reversed(HTTP_VARIANTS))
-                chunk = bodies[(k * per_round) % len(bodies):][:per_round]
-                for route in order:
-                    seq[route].extend(_sequential(base + route, chunk, session))
-        conc: dict[str, list[float]] = {}
-        files: dict[str, int] = {}
-        wall: dict[str, float] = {}
+            # request by request, the variants in turn (each cycle in the next of the
+            # orders, so no variant always follows the same one): this machine's speed
+            # moves by +-25% within seconds, which chunks of requests would each catch apart
+            for i, body in enumerate(bodies[:len(bodies) - len(bodies) % len(HTTP_VARIANTS)]):
+                route = orders[(i // len(HTTP_VARIANTS)) % len(orders)][i % len(HTTP_VARIANTS)]
+                seq[route].extend(_sequential(base + route, [body], session))
+        conc: dict[str, list[float]] = {r: [] for r in HTTP_VARIANTS}
+        files: dict[str, int] = {r: 0 for r in HTTP_VARIANTS}
+        wall: dict[str, float] = {r: 0.0 for r in HTTP_VARIANTS}
         prefix = ModelLogs(storage, cfg.model.name).predictions_prefix
-        for route in HTTP_VARIANTS:  # one variant at a time, so the new files are its own
-            before = len(storage.list(prefix, suffix=".parquet"))
-            t0 = time.perf_counter()
-            conc[route] = _concurrent(base + route, bodies, clients)
-            wall[route] = time.perf_counter() - t0
-            time.sleep(3 * cfg.data.log_seal_seconds)  # the last seal of this variant's segment
-            files[route] = len(storage.list(prefix, suffix=".parquet")) - before
+
+        def log_files(route: str) -> int:
+            return len(Storage(variant_root(cfg.storage.root, route)).list(prefix, suffix=".parquet"))
+
+        conc_rounds = max(1, rounds // 2)
+        per_round = max(clients, len(bodies) // conc_rounds)
+        for k in range(conc_rounds):  # one variant at a time, alternating (ABC, CBA, ...)
+            order = list(HTTP_VARIANTS) if k % 2 == 0 else list(reversed(HTTP_VARIANTS))
+            chunk = bodies[(k * per_round) % len(bodies):][:per_round]
+            for route in order:
+                before = log_files(route)
+                t0 = time.perf_counter()
+                conc[route].extend(_concurrent(base + route, chunk, clients))
+                wall[route] += time.perf_counter() - t0
+                time.sleep(3 * cfg.data.log_seal_seconds)  # the last seal of this variant's segment
+                files[route] += log_files(route) - before
     finally:
         serve.shutdown()
         ray.shutdown()
     out = _summary(seq, {"requests_per_variant": len(seq["/no-log"]), "clients": clients,
-                         "concurrent_requests": len(bodies)})
+                         "concurrent_requests": len(conc["/no-log"])})
     for route in HTTP_VARIANTS:
         out[route].update(conc_p50_ms=statistics.median(conc[route]) * 1e3, conc_rps=len(conc[route]) / wall[route],
                           conc_files=files[route])
@@ -452,7 +517,7 @@ def print_tables(r: dict[str, Any]) -> None:
         t.add_row(*cells)
     c.print(t)
     c.print(f"in process: {lg['requests_per_variant']} requests per variant, taking turns"
-            + (f"; HTTP: {http['requests_per_variant']} sequential requests per variant in alternating rounds, "
+            + (f"; HTTP: {http['requests_per_variant']} sequential requests per variant, taking turns, "
                f"then {http['concurrent_requests']} from {http['clients']} concurrent clients per variant"
                if http else "; HTTP: not measured (--quick)"))
     t = Table(title=f"batch validation of a {va['rows']:,}-row parquet file")
@@ -494,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000,
                     help="sequential requests, split among the three variants (in process; and again over HTTP)")
-    ap.add_argument("--rounds", type=int, default=10, help="alternating rounds of the HTTP variants")
+    ap.add_argument("--rounds", type=int, default=10, help="the concurrent HTTP phase runs in rounds/2 alternating rounds")
     ap.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients of the concurrent phase")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the batch file to validate")
     ap.add_argument("--repeats", type=int, default=3)
@@ -524,8 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_window_runs(runs)
         return 0
-    result = run(args.requests, args.rows, args.repeats, sizes[0], use_ray=not args.quick, rounds=args.rounds,
-                 clients=args.clients, window_rows=windows[0])
+    # Ray prints some of its own messages (a raylet's, at shutdown) to stdout: with --json,
+    # stdout carries the JSON and nothing else
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = run(args.requests, args.rows, args.repeats, sizes[0], use_ray=not args.quick, rounds=args.rounds,
+                     clients=args.clients, window_rows=windows[0])
     if args.json:
         print(json.dumps(json_summary(result)))
     else:

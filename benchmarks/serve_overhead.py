@@ -33,12 +33,14 @@ Serve replicas get the config's fractional ``num_cpus``.
 
 Load, the same for every side: requests of ``--instances`` rows cycling through a
 fixed list of bodies drawn from the demo stream (no routing key, so the router splits
-them by request id). Per round and side, first ``--latency-requests`` requests one at
-a time (p50 / p90 / p99 latency), then ``--throughput-requests`` requests from
+them by request id). Per round, first ``--latency-requests`` requests per side one
+at a time, the sides taking turns request by request (p50 / p90 / p99 latency: this
+machine's speed moves by up to 25% within seconds, which a block of requests per side
+would catch on one side only), then per side ``--throughput-requests`` requests from
 ``--concurrency`` client threads, each with its own keep-alive ``requests.Session``
-(requests per second). Sides alternate inside a round, and the first side alternates
-between rounds (ABBA...), so drift in the machine's load hits every side alike; every
-side is warmed up first. Figures are medians across ``--rounds`` rounds and ratios are
+(requests per second); the concurrent phases alternate inside a round, and the first
+side alternates between rounds (ABBA...), so drift in the machine's load hits every
+side alike. Every side is warmed up first. Figures are medians across ``--rounds`` rounds and ratios are
 router / plain of those medians.
 
 **Replica CPU per request** (a column of the table, not in ``--json``): during each
@@ -68,8 +70,10 @@ Run from the repository root::
 
 import argparse
 import asyncio
+import contextlib
 import datetime as _dt
 import functools
+import itertools
 import json
 import os
 import platform
@@ -257,6 +261,16 @@ def round_order(sides: list[str], round_index: int) -> list[str]:
     [['plain', 'router'], ['router', 'plain'], ['plain', 'router']]
     """
     return list(sides) if round_index % 2 == 0 else list(reversed(sides))
+
+
+def turn_orders(sides: list[str]) -> list[tuple[str, ...]]:
+    """The orders the sides take turns in, cycle after cycle, so that no side always
+    follows the same one.
+
+    >>> turn_orders(["plain", "router"])
+    [('plain', 'router'), ('router', 'plain')]
+    """
+    return list(itertools.permutations(sides))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
@@ -452,10 +466,25 @@ class Load:
         rps = n / (time.perf_counter() - t0)
         return rps, [ms for ms, _ in out], Counter(v for _, v in out)
 
-    def measure(self, url: str, s: Settings, cpu: Callable[[], float | None] = lambda: None) -> Phase:
-        """Sequential latencies, then the concurrent phase, during which ``cpu()`` (CPU
+    def interleaved(self, urls: dict[str, str], n: int) -> dict[str, tuple[list[float], Counter]]:
+        """``n`` sequential requests per side, the sides in turn request by request (each
+        cycle in the next of :func:`turn_orders`): every side meets the same moments of
+        the machine, whose speed moves within seconds."""
+        orders = turn_orders(list(urls))
+        out: dict[str, tuple[list[float], Counter]] = {side: ([], Counter()) for side in urls}
+        for i in range(n * len(urls)):
+            side = orders[(i // len(urls)) % len(orders)][i % len(urls)]
+            ms, version = self.one(urls[side])
+            out[side][0].append(ms)
+            out[side][1][version] += 1
+        return out
+
+    def measure(self, url: str, s: Settings, sequential: tuple[list[float], Counter],
+                cpu: Callable[[], float | None] = lambda: None) -> Phase:
+        """One side's phase of a round: its ``sequential`` latencies (measured turn by turn
+        with the other sides), then its concurrent phase, during which ``cpu()`` (CPU
         seconds of the side's replica processes) is read before and after."""
-        latencies, versions = self.sequential(url, s.latency_requests)
+        latencies, versions = sequential
         c0 = cpu()
         rps, loaded, v2 = self.concurrent(url, s.throughput_requests)
         c1 = cpu()
@@ -491,8 +520,9 @@ def run_rounds(load: Load, urls: dict[str, str], s: Settings, say: Any,
         load.concurrent(urls[side], s.warmup)
     phases: dict[str, list[Phase]] = {side: [] for side in s.sides()}
     for r in range(s.rounds):
+        sequential = load.interleaved({side: urls[side] for side in s.sides()}, s.latency_requests)
         for side in round_order(s.sides(), r):
-            p = load.measure(urls[side], s, functools.partial(cpu, side))
+            p = load.measure(urls[side], s, sequential[side], functools.partial(cpu, side))
             phases[side].append(p)
             say(f"round {r + 1}/{s.rounds} {side:>9}: p50 {percentiles(p.latencies_ms)['p50']:.2f} ms, "
                 f"{p.rps:.0f} req/s" + (f", replica CPU {p.cpu_ms:.2f} ms/request" if p.cpu_ms is not None else ""))
@@ -765,7 +795,10 @@ def print_tables(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     s, a = parse_args(argv)
     progress = functools.partial(print, file=sys.stderr, flush=True)
-    result = run_benchmark(load_config(a.config), s, port=a.port, say=progress)
+    # Ray prints some of its own messages (a raylet's, at shutdown) to stdout: with --json,
+    # stdout carries the JSON and nothing else
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        result = run_benchmark(load_config(a.config), s, port=a.port, say=progress)
     if a.json:
         print(json.dumps(json_summary(result)))
     else:

@@ -213,7 +213,7 @@ def _predict_deployment() -> Any:
 
     from lifelong_ray.data.segments import prediction_writer
     from lifelong_ray.registry.store import Registry
-    from lifelong_ray.serving.app import new_request_ids
+    from lifelong_ray.serving.app import apply_switch_interval, new_request_ids
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
     class BenchPredict:
@@ -221,6 +221,7 @@ def _predict_deployment() -> Any:
                      variants: dict[str, tuple[bool, str] | None]) -> None:
             """``variants``: route -> None (no log) or (``log_fsync``, the storage root of its log)."""
             cfg = Config.model_validate(cfg_dict)
+            apply_switch_interval([cfg])  # as the ingress replica
             self.schema = Schema(cfg.model)
             self.categorical = {f.name for f in self.schema.features if f.dtype == "category"}
             self.model = Registry(Storage(cfg.storage.root), cfg.model.name).load(version)

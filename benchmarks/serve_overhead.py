@@ -358,7 +358,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
 
     from lifelong_ray.data.logs import feature_values
     from lifelong_ray.data.segments import prediction_writer
-    from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse, new_request_ids
+    from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse, apply_switch_interval, new_request_ids
 
     api = FastAPI(title="serve_overhead plain baseline")
 
@@ -367,6 +367,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
     class PlainModel:
         def __init__(self, cfg_dict: dict, version: str, durable_log: bool) -> None:
             cfg = Config.model_validate(cfg_dict)
+            apply_switch_interval([cfg])  # the same Python runtime setting as the ingress replica
             self.name = cfg.model.name
             self.limit = cfg.serving.max_instances_per_request
             self.schema = Schema(cfg.model)

@@ -439,6 +439,11 @@ class ServingConfig(_Frozen):
                     "in-line (no second hop; for small CPU models)")
     routing_poll_seconds: float = Field(default=0.25, gt=0,
                                         description="how often the ingress re-reads the routing table")
+    gil_switch_interval_ms: float | None = Field(
+        default=0.5, gt=0,
+        description="the ingress replica's sys.setswitchinterval, in ms (Python's default: 5). The durable log's "
+                    "fdatasync releases the GIL; with 5 ms, getting it back from Serve's threads cost a request "
+                    "about 1 ms more than the sync itself (benchmarks/ingest.py). null: leave Python's")
     max_instances_per_request: int = Field(default=1000, ge=1, description="larger predict requests get 413")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     admin_token_env: str = Field(default="LIFELONG_ADMIN_TOKEN",

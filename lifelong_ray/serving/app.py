@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -542,6 +543,24 @@ def _publish(cfg: Config) -> None:
         _ADMIN_TOKENS[name], _ADMIN_DISABLED[name] = None, f"admin API disabled: {err}"
 
 
+def apply_switch_interval(cfgs: list[Config]) -> float:
+    """Set this process's GIL switch interval to the smallest ``serving.gil_switch_interval_ms``
+    of ``cfgs`` (none set: leave it). Returns the interval in force, in seconds.
+
+    >>> from lifelong_ray.config import parse_config
+    >>> cfg = parse_config({"model": {"name": "m", "features": [{"name": "x", "dtype": "float"}],
+    ...                               "label": {"name": "y", "classes": [0, 1]}}})
+    >>> before = sys.getswitchinterval()
+    >>> apply_switch_interval([cfg])
+    0.0005
+    >>> sys.setswitchinterval(before)
+    """
+    wanted = [c.serving.gil_switch_interval_ms for c in cfgs if c.serving.gil_switch_interval_ms is not None]
+    if wanted:
+        sys.setswitchinterval(min(wanted) / 1e3)
+    return sys.getswitchinterval()
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT, max_ongoing_requests=128)
 @serve.ingress(api)
 class Ingress:
@@ -554,6 +573,7 @@ class Ingress:
             cfg = Config.model_validate(d)
             self._models[cfg.model.name] = _Model(cfg, index_capacity)
             _publish(cfg)
+        apply_switch_interval([m.cfg for m in self._models.values()])
         for m in self._models.values():
             if isinstance(m.predictions_log, SegmentLog):  # rows a dead replica answered but never sealed
                 try:

@@ -11,8 +11,8 @@ Three measurements, each against its baseline in the same run:
      deploys ONE small app (one replica) doing the ingress's predict work: parse the
      JSON body, ``Schema.validate_records``, predict with a model registered in and
      loaded from the registry, and -- in the log variants -- the ingress's own log
-     write (``ModelLogs.prediction_record`` through the writer the ingress builds,
-     ``prediction_writer``: the replica's segment log, sealed into parquet every
+     write (``lifelong_ray.data.answers.AnswerLog``, the class the ingress writes
+     through: the replica's segment log, sealed into parquet every
      ``data.log_seal_seconds``; awaited before the answer). The variant is the last
      part of the path (``/bench/no-log``, ``/bench/log-fsync``, ...); each log variant
      writes under a storage root of its own. All variants share the replica process,
@@ -31,7 +31,7 @@ Three measurements, each against its baseline in the same run:
      wrote). The version hop of the real router is left out of every variant.
    * **In process** (always; the only one with ``--quick``): the same work without
      HTTP, request by request on one event loop, the variants taking turns, with the
-     same writer (``prediction_writer``, one per log variant, appends awaited): the
+     same writer (an ``AnswerLog`` per log variant, appends awaited): the
      overhead relative to the ingress's CPU work alone, an upper bound of the HTTP share.
 
    ``logging_p50_overhead = p50(log) / p50(no log) - 1`` for the variant the default
@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -91,7 +90,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from lifelong_ray.config import Config, DataConfig, load_config  # noqa: E402
 from lifelong_ray.data.guard import label_shift, out_of_range  # noqa: E402
 from lifelong_ray.data.ingest import mark_rows, schema_problems, to_labeled  # noqa: E402
-from lifelong_ray.data.logs import ModelLogs, feature_values  # noqa: E402
+from lifelong_ray.data.logs import ModelLogs  # noqa: E402
 from lifelong_ray.data.schema import Schema  # noqa: E402
 from lifelong_ray.data.transform import FeatureTransform, columns_from_table  # noqa: E402
 from lifelong_ray.sim.streams import abrupt_concept_drift  # noqa: E402
@@ -132,39 +131,29 @@ def _registered_model(cfg: Config, storage: Storage) -> Any:
 def measure_logging(cfg: Config, storage: Storage, requests: int) -> dict[str, Any]:
     """In process, request by request on one event loop: the variants of
     :data:`HTTP_VARIANTS` take turns, each log variant with the ingress's writer."""
-    from lifelong_ray.data.segments import prediction_writer
+    from lifelong_ray.data.answers import AnswerLog
     from lifelong_ray.serving.app import new_request_ids
 
     schema = Schema(cfg.model)
-    categorical = {f.name for f in schema.features if f.dtype == "category"}
     model = _registered_model(cfg, storage)
     records = abrupt_concept_drift(requests, drift_at=requests // 2, seed=1).rows(0, requests)
     routes = list(HTTP_VARIANTS)
 
     async def measure() -> dict[str, list[float]]:
-        writers: dict[str, tuple[ModelLogs, Any] | None] = {}
-        for route, fsync in HTTP_VARIANTS.items():
-            if fsync is None:
-                writers[route] = None
-                continue
-            logs = ModelLogs.from_config(Storage(variant_root(cfg.storage.root, route)),
-                                         cfg.with_overrides(data={"log_fsync": fsync}))
-            writers[route] = (logs, prediction_writer(logs, segments=cfg.data.log_segments,
-                                                      seal_s=cfg.data.log_seal_seconds))
+        writers: dict[str, AnswerLog | None] = {
+            route: None if fsync is None else AnswerLog.from_config(cfg.with_overrides(data={"log_fsync": fsync}),
+                                                                    Storage(variant_root(cfg.storage.root, route)))
+            for route, fsync in HTTP_VARIANTS.items()}
 
-        async def serve(i: int, log: tuple[ModelLogs, Any] | None) -> float:
+        async def serve(i: int, log: AnswerLog | None) -> float:
             t0 = time.perf_counter()
             cols, violations = schema.validate_records([records[i]])
             assert not violations
             labels, conf = model.predict(cols)
             ids = new_request_ids(len(labels))
             if log is not None:
-                logs, writer = log
-                rows = functools.partial(
-                    logs.prediction_record, request_ids=ids, version=model.version,
-                    features=feature_values(cols, schema.names, categorical), categorical=categorical,
-                    predictions=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key="user-1")
-                await writer.append(lambda t: rows(t=t), len(ids))
+                await log.append(request_ids=ids, version=model.version, features=log.features(cols), labels=labels,
+                                 confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key="user-1")
             return time.perf_counter() - t0
 
         try:
@@ -178,8 +167,8 @@ def measure_logging(cfg: Config, storage: Storage, requests: int) -> dict[str, A
             return times
         finally:
             for w in writers.values():
-                if w is not None and hasattr(w[1], "close"):  # a segment log seals what is left
-                    w[1].close()
+                if w is not None:  # a segment log seals what is left
+                    w.close()
 
     times = asyncio.run(measure())
     return _summary(times, {"requests_per_variant": len(times[routes[0]])})
@@ -205,13 +194,12 @@ def _predict_deployment() -> Any:
     """The ingress's predict work as one Serve deployment: validate -> predict -> (log) -> answer,
     for every variant of :data:`HTTP_VARIANTS` (the last part of the request's path).
 
-    The log write is the ingress's own: ``ModelLogs.prediction_record`` through the
-    writer the ingress builds (``prediction_writer``: a segment log on a local root,
+    The log write is the ingress's own (``AnswerLog``: a segment log on a local root,
     ``data.log_segments``), awaited before the answer."""
     from ray import serve
     from starlette.requests import Request
 
-    from lifelong_ray.data.segments import prediction_writer
+    from lifelong_ray.data.answers import AnswerLog
     from lifelong_ray.registry.store import Registry
     from lifelong_ray.serving.app import apply_switch_interval, new_request_ids
 
@@ -223,18 +211,11 @@ def _predict_deployment() -> Any:
             cfg = Config.model_validate(cfg_dict)
             apply_switch_interval([cfg])  # as the ingress replica
             self.schema = Schema(cfg.model)
-            self.categorical = {f.name for f in self.schema.features if f.dtype == "category"}
             self.model = Registry(Storage(cfg.storage.root), cfg.model.name).load(version)
-            self.logs: dict[str, tuple[ModelLogs, Any] | None] = {}
-            for route, log in variants.items():
-                if log is None:
-                    self.logs[route] = None
-                    continue
-                fsync, root = log
-                logs = ModelLogs.from_config(Storage(root),
-                                             cfg.with_overrides(data={"log_fsync": fsync}))
-                self.logs[route] = (logs, prediction_writer(logs, segments=cfg.data.log_segments,
-                                                            seal_s=cfg.data.log_seal_seconds))
+            self.logs: dict[str, AnswerLog | None] = {
+                route: None if log is None else AnswerLog.from_config(
+                    cfg.with_overrides(data={"log_fsync": log[0]}), Storage(log[1]))
+                for route, log in variants.items()}
             self.inflight = 0  # as the ingress: the log syncs in-line only for a lone request
 
         async def __call__(self, request: Request) -> dict[str, Any]:
@@ -244,7 +225,7 @@ def _predict_deployment() -> Any:
             finally:
                 self.inflight -= 1
 
-        async def _answer(self, request: Request, log: tuple[ModelLogs, Any] | None) -> dict[str, Any]:
+        async def _answer(self, request: Request, log: AnswerLog | None) -> dict[str, Any]:
             t0 = time.perf_counter()
             body = await request.json()
             cols, violations = self.schema.validate_records(body["instances"])
@@ -253,13 +234,9 @@ def _predict_deployment() -> Any:
             labels, conf = self.model.predict(cols)
             ids = new_request_ids(len(labels))
             if log is not None:
-                logs, writer = log
-                rows = functools.partial(
-                    logs.prediction_record, request_ids=ids, version=self.model.version,
-                    features=feature_values(cols, self.schema.names, self.categorical),
-                    categorical=self.categorical, predictions=labels,
-                    confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.get("key"))
-                await writer.append(lambda t: rows(t=t), len(ids), alone=self.inflight <= 1)
+                await log.append(request_ids=ids, version=self.model.version, features=log.features(cols),
+                                 labels=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3,
+                                 key=body.get("key"), alone=self.inflight <= 1)
             return {"predictions": np.asarray(labels).tolist(), "request_ids": ids}
 
     return BenchPredict
@@ -494,11 +471,18 @@ def json_summary(r: dict[str, Any]) -> dict[str, float]:
             "window_peak_rss_mb": r["window"]["peak_rss_mb"]}
 
 
-def print_tables(r: dict[str, Any]) -> None:
+def _console() -> Any:
+    """A rich console; piped into a file it is 132 columns wide, so no figure is cut off
+    (rich falls back to 80)."""
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 132)
+
+
+def print_tables(r: dict[str, Any]) -> None:
     from rich.table import Table
 
-    c = Console()
+    c = _console()
     lg, va, wi = r["logging"], r["validation"], r["window"]
     names = {"/no-log": "no log", "/log-fsync": "log, log_fsync: true", "/log-no-fsync": "log, log_fsync: false"}
     http = r["http"]
@@ -540,7 +524,6 @@ def print_tables(r: dict[str, Any]) -> None:
 
 
 def print_window_runs(runs: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title="training window memory (--window-only)")
@@ -553,7 +536,7 @@ def print_window_runs(runs: list[dict[str, Any]]) -> None:
                   f"{wi['rows']:,} train + {wi['holdout_rows']:,} holdout + {wi['replay_holdout_rows']:,} replay ho",
                   f"{wi['peak_rss_mb']:,.0f} MB", f"{wi['build_s']:.1f}",
                   f"{rd.get('feature_rows_decoded', 0):,} / {rd.get('rows_fetched', 0):,}")
-    Console().print(t)
+    _console().print(t)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ same load:
   predict, answer the same JSON through the same ``PredictResponse`` model. No router,
   no second hop, no log.
 * ``plain+log`` (``--breakdown`` only) -- ``plain`` plus the same durable prediction
-  log write as the ingress (``prediction_writer``'s writer of ``ModelLogs.prediction_record``,
-  awaited before the answer, into a log prefix of its own). It splits the router's extra time into "the log write"
+  log write as the ingress (its ``AnswerLog``, awaited before the answer, into a log
+  prefix of its own). It splits the router's extra time into "the log write"
   (``plain+log`` - ``plain``) and "the version hop and the rest"
   (``router`` - ``plain+log``).
 
@@ -356,8 +356,7 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
     from fastapi.responses import JSONResponse
     from ray import serve
 
-    from lifelong_ray.data.logs import feature_values
-    from lifelong_ray.data.segments import prediction_writer
+    from lifelong_ray.data.answers import AnswerLog
     from lifelong_ray.serving.app import Ingress, PredictRequest, PredictResponse, apply_switch_interval, new_request_ids
 
     api = FastAPI(title="serve_overhead plain baseline")
@@ -371,12 +370,10 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
             self.name = cfg.model.name
             self.limit = cfg.serving.max_instances_per_request
             self.schema = Schema(cfg.model)
-            self.categorical = {f.name for f in cfg.model.features if f.dtype == "category"}
             self.model = Registry(Storage(cfg.storage.root), self.name).load(version)
-            self.logs = ModelLogs.from_config(Storage(cfg.storage.root), cfg)
             # a prefix of its own, so the router's prediction log holds the router's rows only
-            self.log = prediction_writer(self.logs, segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds,
-                                         prefix=f"models/{self.name}-plain-log/predictions") if durable_log else None
+            self.log = AnswerLog.from_config(cfg, prefix=f"models/{self.name}-plain-log/predictions") \
+                if durable_log else None
             self.inflight = 0  # as the ingress: the log syncs in-line only for a lone request
 
         @api.post("/v1/models/{model}:predict", response_model=PredictResponse)
@@ -401,12 +398,10 @@ def plain_app(cfg_dict: dict[str, Any], version: str, durable_log: bool) -> Any:
             labels = np.asarray(labels, dtype=np.int64).tolist()
             conf = np.asarray(conf, dtype=np.float64).tolist()
             if self.log is not None:
-                rows = functools.partial(
-                    self.logs.prediction_record, request_ids=request_ids, version=self.model.version,
-                    features=feature_values(cols, self.schema.names, self.categorical),
-                    categorical=self.categorical, predictions=labels,
-                    confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3, key=body.key)
-                await self.log.append(lambda t: rows(t=t), n, alone=self.inflight <= 1)
+                await self.log.append(request_ids=request_ids, version=self.model.version,
+                                      features=self.log.features(cols), labels=labels, confidence=conf,
+                                      latency_ms=(time.perf_counter() - t0) * 1e3, key=body.key,
+                                      alone=self.inflight <= 1)
             return {"predictions": labels, "request_ids": request_ids, "model_version": self.model.version}
 
     num_cpus = Config.model_validate(cfg_dict).serving.ingress_num_cpus

@@ -25,7 +25,8 @@ A label join should therefore keep rows with ``error is null and not shadow``
 for the served prediction. A version *fails* a call when it raises, times out, is
 not deployed, or answers a non-finite confidence (``non_finite_output``).
 
-On a local storage root, prediction rows go to this replica's
+Prediction rows are written through :class:`~lifelong_ray.data.answers.AnswerLog`
+(which the logging benchmarks time as well). On a local storage root they go to this replica's
 :class:`~lifelong_ray.data.segments.SegmentLog` (one append and one ``fdatasync`` per
 request, shared under load), sealed into the parquet log every
 ``data.log_seal_seconds``; otherwise, and for feedback, one
@@ -65,8 +66,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifelong_ray.config import Config, ServingConfig
 from lifelong_ray.control.commands import submit_command
-from lifelong_ray.data.logs import GroupCommit, ModelLogs, feature_values, feedback_rows
-from lifelong_ray.data.segments import SegmentLog, prediction_writer, seal_orphans
+from lifelong_ray.data.answers import AnswerLog
+from lifelong_ray.data.logs import GroupCommit, ModelLogs, feedback_rows
+from lifelong_ray.data.segments import seal_orphans
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.model import CommandKind
@@ -427,14 +429,13 @@ class _Model:
         self.cfg = cfg
         self.name = cfg.model.name
         self.schema = Schema(cfg.model)
-        self.categorical = {f.name for f in cfg.model.features if f.dtype == "category"}
         self.storage = Storage(cfg.storage.root)
         self.logs = ModelLogs.from_config(self.storage, cfg)
         self.book = FeedbackBook(self.logs, horizon_s=cfg.data.label_horizon_seconds, capacity=index_capacity)
         # predictions: appended to this replica's segment, sealed into parquet every log_seal_seconds
         # (local disk), or group commit: the rows of concurrent requests share one durable file
-        self.predictions_log = prediction_writer(self.logs, segments=cfg.data.log_segments,
-                                                 seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
+        self.answers = AnswerLog(self.logs, self.schema, segments=cfg.data.log_segments,
+                                 seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
         self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
@@ -575,7 +576,7 @@ class Ingress:
             _publish(cfg)
         apply_switch_interval([m.cfg for m in self._models.values()])
         for m in self._models.values():
-            if isinstance(m.predictions_log, SegmentLog):  # rows a dead replica answered but never sealed
+            if m.answers.segmented:  # rows a dead replica answered but never sealed
                 try:
                     sealed = await asyncio.to_thread(seal_orphans, m.logs, m.logs.predictions_prefix,
                                                      fsync=m.logs.fsync)
@@ -715,19 +716,15 @@ class Ingress:
     async def _log(self, m: _Model, *, request_ids: list[str], version: str, features: dict[str, list[Any]],
                    labels: list[int] | None, conf: list[float] | None, latency_ms: float,
                    key: str | None, shadow: bool = False, error: str | None = None) -> None:
-        """Log the rows of one answer (``features`` from ``feature_values``), durable on return."""
-        n = len(request_ids)
-        rows = functools.partial(
-            m.logs.prediction_record, request_ids=request_ids, version=version,
-            features=features, categorical=m.categorical, predictions=labels if labels is not None else [-1] * n,
-            confidence=conf if conf is not None else [math.nan] * n, latency_ms=latency_ms,
-            key=key, shadow=shadow, error=error)
+        """Log the rows of one answer (``features`` from ``AnswerLog.features``), durable on return."""
         # a lone request syncs the log on the event loop (no thread hop); with others in
         # flight (predicts and shadow calls, each counted in _inflight, this one too) the
         # sync goes to a thread, so their validation and model calls go on meanwhile
-        path, t = await m.predictions_log.append(lambda t: rows(t=t), n, alone=self._inflight <= 1)
+        path, t = await m.answers.append(request_ids=request_ids, version=version, features=features, labels=labels,
+                                         confidence=conf, latency_ms=latency_ms, key=key, shadow=shadow, error=error,
+                                         alone=self._inflight <= 1)
         if not shadow and error is None:
-            m.book.served_now(None if isinstance(m.predictions_log, SegmentLog) else path, request_ids, t)
+            m.book.served_now(None if m.answers.segmented else path, request_ids, t)
 
     async def _log_failure(self, m: _Model, version: str, err: BaseException, **kw: Any) -> str:
         M.VERSION_ERRORS.labels(model=m.name, version=version, kind=_error_kind(err)).inc()
@@ -797,7 +794,7 @@ class Ingress:
         if version is None:
             raise _ApiError(503, f"no version of {model!r} is serving yet (empty routing table); "
                                  "register and deploy one first")
-        features = feature_values(cols, m.schema.names, m.categorical)
+        features = m.answers.features(cols)
         common = {"request_ids": request_ids, "features": features, "key": body.key}
 
         try:
@@ -1022,5 +1019,4 @@ class Ingress:
             if task is not None:
                 task.cancel()
         for m in getattr(self, "_models", {}).values():  # Serve's graceful shutdown: seal what is left
-            if isinstance(m.predictions_log, SegmentLog):
-                m.predictions_log.close()
+            m.answers.close()

@@ -114,6 +114,8 @@ JSON_KEYS = ("p50_ratio", "p99_ratio", "throughput_ratio", "plain_rps", "router_
 MAX_P50_RATIO = 1.10
 MIN_THROUGHPUT_RATIO = 0.90
 ROUTER, PLAIN, PLAIN_LOG = "router", "plain", "plain+log"
+#: the name prefix of a Serve replica actor (``SERVE_REPLICA::<app>#<deployment>#<id>``)
+REPLICA_PREFIX = "SERVE_REPLICA::"
 #: side -> (Serve app name, route prefix); the router is the lifelong ingress on "/"
 PLAIN_APPS = {PLAIN: ("serve-overhead-plain", "/plain"), PLAIN_LOG: ("serve-overhead-plain-log", "/plain-log")}
 PERCENTILES = (50, 90, 99)
@@ -615,25 +617,32 @@ class ServeSession:
 
     def replica_pids(self) -> dict[str, list[int]]:
         """The pids of each side's Serve replicas: the router's are the ingress and the
-        versions' apps; a plain side's its app's. From the GCS actor table (the state
-        API needs the dashboard, which this benchmark does not start); {} if unreadable,
-        and the CPU column then shows "-"."""
-        from ray._private import state
+        versions' apps; a plain side's its app's. Serve names each replica actor
+        ``SERVE_REPLICA::<app>#<deployment>#<id>``; every such named actor of a side's
+        apps is asked for its pid (``__ray_call__``, Ray's developer API that runs a
+        function on an actor). {} if that fails, and the CPU column then shows "-"."""
+        import ray
 
         plain_names = {name for name, _ in PLAIN_APPS.values()}
         apps = {ROUTER: {name for name in self.apps if name not in plain_names}}
         apps.update({side: {PLAIN_APPS[side][0]} for side in self.s.sides() if side in PLAIN_APPS})
-        try:
-            actors = state.actors(actor_state_name="ALIVE").values()
-        except Exception:  # noqa: BLE001 - a private API: the accounting is optional
-            return {}
         out: dict[str, list[int]] = {side: [] for side in apps}
-        for a in actors:
-            parts = str(a.get("ActorClassName", "")).split(":")
-            if len(parts) >= 3 and parts[0] == "ServeReplica" and a.get("Pid"):
+        try:
+            asked = []
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                name = actor["name"]
+                if not name.startswith(REPLICA_PREFIX):
+                    continue
+                app = name[len(REPLICA_PREFIX):].split("#", 1)[0]
                 for side, names in apps.items():
-                    if parts[1] in names:
-                        out[side].append(int(a["Pid"]))
+                    if app in names:
+                        handle = ray.get_actor(name, namespace=actor["namespace"])
+                        # a lambda, so cloudpickle ships it by value (this file is no module there)
+                        asked.append((side, handle.__ray_call__.remote(lambda _replica: __import__("os").getpid())))
+            for side, ref in asked:
+                out[side].append(int(ray.get(ref, timeout=30)))
+        except Exception:  # noqa: BLE001 - the accounting is optional
+            return {}
         return out
 
     def urls(self) -> dict[str, str]:

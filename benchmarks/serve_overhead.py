@@ -38,15 +38,20 @@ at a time, the sides taking turns request by request (p50 / p90 / p99 latency: t
 machine's speed moves by up to 25% within seconds, which a block of requests per side
 would catch on one side only), then per side ``--throughput-requests`` requests from
 ``--concurrency`` client threads, each with its own keep-alive ``requests.Session``
-(requests per second); the concurrent phases alternate inside a round, and the first
-side alternates between rounds (ABBA...), so drift in the machine's load hits every
-side alike. Every side is warmed up first. Figures are medians across ``--rounds`` rounds and ratios are
-router / plain of those medians.
+(requests per second), the sides again taking turns, burst by burst of
+``--throughput-turn`` requests (each cycle of turns in the next order), for the same
+reason. A burst's rate is counted while every client is busy: the requests completed
+from its start until the first client finds no request left, over that time
+(:func:`busy_rate`); the drain that follows, where fewer clients are busy, would add a
+fixed time per burst to both sides and pull the ratio toward 1. A side's rate in a
+round is its bursts' completed requests over their busy time. Every side is warmed up
+first. Figures are medians across ``--rounds`` rounds and ratios are router / plain of
+those medians.
 
-**Replica CPU per request** (a column of the table, not in ``--json``): during each
-concurrent phase, the user + system CPU seconds of the side's replica processes (all
-threads, from ``/proc/<pid>/stat``; the router's are the ingress and the version apps)
-divided by the phase's requests: the work each side's replicas do per request, where
+**Replica CPU per request** (a column of the table, not in ``--json``): around each of
+a side's bursts, the user + system CPU seconds of the side's replica processes (all
+threads, from ``/proc/<pid>/stat``; the router's are the ingress and the version apps),
+summed over a round and divided by its concurrent requests: the work each side's replicas do per request, where
 req/s also measures the share of 2 busy cores a side's replica happened to get. It
 still moves between runs (Serve's per-request cost changes with how requests bunch up).
 Serve's HTTP proxy and the client threads, shared by the sides, are not counted.
@@ -129,6 +134,7 @@ class Settings:
     rounds: int = 8
     latency_requests: int = 200
     throughput_requests: int = 400
+    throughput_turn: int = 40
     concurrency: int = 8
     instances: int = 10
     warmup: int = 100
@@ -142,6 +148,8 @@ class Settings:
 
 
 QUICK = {"rounds": 2, "latency_requests": 60, "throughput_requests": 120, "warmup": 30}
+#: the sizes --quick and the explicit flags may set (the turn has no --quick value of its own)
+SIZES = (*QUICK, "throughput_turn")
 
 
 @dataclass
@@ -256,13 +264,15 @@ def json_summary(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(summary[k]) for k in JSON_KEYS}
 
 
-def round_order(sides: list[str], round_index: int) -> list[str]:
-    """The sides in the order one round measures them: reversed every other round.
+def busy_rate(start: float, done: list[float], busy_end: float) -> tuple[int, float]:
+    """(requests completed, seconds) of one burst while every client was busy: from
+    ``start`` (all clients sent their first request) to ``busy_end`` (the first client
+    found no request left), counting the completion times in ``done`` up to ``busy_end``.
 
-    >>> [round_order(["plain", "router"], i) for i in range(3)]
-    [['plain', 'router'], ['router', 'plain'], ['plain', 'router']]
+    >>> busy_rate(10.0, [10.5, 10.6, 11.0, 11.2, 11.9], busy_end=11.0)
+    (3, 1.0)
     """
-    return list(sides) if round_index % 2 == 0 else list(reversed(sides))
+    return sum(1 for t in done if t <= busy_end), busy_end - start
 
 
 def turn_orders(sides: list[str]) -> list[tuple[str, ...]]:
@@ -292,6 +302,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                     help=f"sequential requests per side and round (default {d.latency_requests})")
     ap.add_argument("--throughput-requests", type=int, default=None,
                     help=f"concurrent requests per side and round (default {d.throughput_requests})")
+    ap.add_argument("--throughput-turn", type=int, default=None,
+                    help=f"concurrent requests per side before the next side's turn (default {d.throughput_turn}; "
+                         "at least twice --concurrency)")
     ap.add_argument("--concurrency", type=int, default=d.concurrency, help="client threads for throughput")
     ap.add_argument("--instances", type=int, default=d.instances, help="rows per predict request")
     ap.add_argument("--warmup", type=int, default=None, help=f"warm-up requests per side (default {d.warmup})")
@@ -308,12 +321,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     ap.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
     a = ap.parse_args(argv)
     sizes = dict(QUICK) if a.quick else {}
-    sizes.update({k: getattr(a, k) for k in QUICK if getattr(a, k) is not None})
+    sizes.update({k: getattr(a, k) for k in SIZES if getattr(a, k) is not None})
     s = Settings(**sizes, concurrency=a.concurrency, instances=a.instances, canary_percent=a.canary_percent,
                  breakdown=a.breakdown, seed=a.seed, placement=a.placement)
     for name in ("rounds", "latency_requests", "throughput_requests", "concurrency", "instances"):
         if getattr(s, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(s, name)})")
+    if s.throughput_turn < 2 * s.concurrency:
+        ap.error(f"--throughput-turn must be >= 2 x --concurrency = {2 * s.concurrency} (got {s.throughput_turn}): "
+                 "a burst must keep every client busy for more than one request")
     if s.warmup < 0:
         ap.error(f"--warmup must be >= 0 (got {s.warmup})")
     if not 0 < s.canary_percent < 100:
@@ -457,12 +473,69 @@ class Load:
         out = [self.one(url) for _ in range(n)]
         return [ms for ms, _ in out], Counter(v for _, v in out)
 
-    def concurrent(self, url: str, n: int) -> tuple[float, list[float], Counter]:
-        """(requests per second, latencies, versions) of ``n`` requests from the pool."""
-        t0 = time.perf_counter()
-        out = list(self.pool.map(lambda _: self.one(url), range(n)))
-        rps = n / (time.perf_counter() - t0)
-        return rps, [ms for ms, _ in out], Counter(v for _, v in out)
+    def concurrent(self, url: str, n: int) -> None:
+        """``n`` requests from the pool (warm-up)."""
+        list(self.pool.map(lambda _: self.one(url), range(n)))
+
+    def burst(self, url: str, n: int) -> tuple[int, float, list[float], Counter]:
+        """``n`` requests to ``url`` from every client thread at once: (requests completed
+        while all clients were busy, that time in seconds (:func:`busy_rate`), every
+        request's latency, versions)."""
+        lock = threading.Lock()
+        left = n
+        busy_end: list[float] = []
+        out: list[tuple[float, float, str]] = []   # (completed at, ms, version)
+
+        def client() -> None:
+            nonlocal left
+            while True:
+                with lock:
+                    if left == 0:
+                        if not busy_end:
+                            busy_end.append(time.perf_counter())
+                        return
+                    left -= 1
+                ms, version = self.one(url)
+                with lock:
+                    out.append((time.perf_counter(), ms, version))
+
+        start = time.perf_counter()
+        for f in [self.pool.submit(client) for _ in range(self.concurrency)]:
+            f.result()
+        completed, seconds = busy_rate(start, [t for t, _, _ in out], busy_end[0])
+        return completed, seconds, [ms for _, ms, _ in out], Counter(v for _, _, v in out)
+
+    def concurrent_turns(self, urls: dict[str, str], n: int, turn: int, first: int = 0,
+                         cpu: Callable[[str], float | None] = lambda side: None,
+                         ) -> dict[str, tuple[float, list[float], Counter, float | None]]:
+        """``n`` concurrent requests per side, the sides taking turns burst by burst of
+        ``turn`` requests (cycle ``i`` in order ``turn_orders[first + i]``). Per side:
+        (requests per second while all clients were busy, latencies, versions, replica
+        CPU ms per request from ``cpu(side)`` read around each burst, or None)."""
+        orders = turn_orders(list(urls))
+        acc = {side: {"done": 0, "seconds": 0.0, "ms": [], "versions": Counter(), "cpu": 0.0, "cpu_ok": True}
+               for side in urls}
+        sent = 0
+        for i in itertools.count():
+            if sent >= n:
+                break
+            size = min(turn, n - sent)
+            for side in orders[(first + i) % len(orders)]:
+                a = acc[side]
+                c0 = cpu(side)
+                done, seconds, ms, versions = self.burst(urls[side], size)
+                c1 = cpu(side)
+                a["done"] += done
+                a["seconds"] += seconds
+                a["ms"].extend(ms)
+                a["versions"].update(versions)
+                if c0 is None or c1 is None:
+                    a["cpu_ok"] = False
+                else:
+                    a["cpu"] += c1 - c0
+            sent += size
+        return {side: (a["done"] / a["seconds"], a["ms"], a["versions"], a["cpu"] / n * 1e3 if a["cpu_ok"] else None)
+                for side, a in acc.items()}
 
     def interleaved(self, urls: dict[str, str], n: int) -> dict[str, tuple[list[float], Counter]]:
         """``n`` sequential requests per side, the sides in turn request by request (each
@@ -476,19 +549,6 @@ class Load:
             out[side][0].append(ms)
             out[side][1][version] += 1
         return out
-
-    def measure(self, url: str, s: Settings, sequential: tuple[list[float], Counter],
-                cpu: Callable[[], float | None] = lambda: None) -> Phase:
-        """One side's phase of a round: its ``sequential`` latencies (measured turn by turn
-        with the other sides), then its concurrent phase, during which ``cpu()`` (CPU
-        seconds of the side's replica processes) is read before and after."""
-        latencies, versions = sequential
-        c0 = cpu()
-        rps, loaded, v2 = self.concurrent(url, s.throughput_requests)
-        c1 = cpu()
-        cpu_ms = (c1 - c0) / s.throughput_requests * 1e3 if c0 is not None and c1 is not None else None
-        return Phase(latencies, rps, loaded, versions + v2, cpu_ms)
-
 
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid``, all its threads (Linux ``/proc``), or None.
@@ -517,10 +577,14 @@ def run_rounds(load: Load, urls: dict[str, str], s: Settings, say: Any,
         load.sequential(urls[side], s.warmup)
         load.concurrent(urls[side], s.warmup)
     phases: dict[str, list[Phase]] = {side: [] for side in s.sides()}
+    side_urls = {side: urls[side] for side in s.sides()}
     for r in range(s.rounds):
-        sequential = load.interleaved({side: urls[side] for side in s.sides()}, s.latency_requests)
-        for side in round_order(s.sides(), r):
-            p = load.measure(urls[side], s, sequential[side], functools.partial(cpu, side))
+        sequential = load.interleaved(side_urls, s.latency_requests)
+        concurrent = load.concurrent_turns(side_urls, s.throughput_requests, s.throughput_turn, first=r, cpu=cpu)
+        for side in s.sides():
+            latencies, versions = sequential[side]
+            rps, loaded, v2, cpu_ms = concurrent[side]
+            p = Phase(latencies, rps, loaded, versions + v2, cpu_ms)
             phases[side].append(p)
             say(f"round {r + 1}/{s.rounds} {side:>9}: p50 {percentiles(p.latencies_ms)['p50']:.2f} ms, "
                 f"{p.rps:.0f} req/s" + (f", replica CPU {p.cpu_ms:.2f} ms/request" if p.cpu_ms is not None else ""))
@@ -750,7 +814,8 @@ def print_tables(r: dict[str, Any]) -> None:
     console.print(f"Serve overhead: router (ingress + {len(r['versions'])} versions, placement {s['placement']}, at "
                   f"{', '.join(f'{v} {w:g}%' for v, w in r['weights'].items())}) vs a plain one-deployment app; "
                   f"{s['instances']} instances per request, {s['rounds']} rounds of {s['latency_requests']} sequential + "
-                  f"{s['throughput_requests']} requests at concurrency {s['concurrency']}; medians across rounds")
+                  f"{s['throughput_requests']} requests at concurrency {s['concurrency']} (turns of "
+                  f"{s['throughput_turn']}); medians across rounds")
     console.print(f"{r['date']} | {r['machine']} | Ray {r['ray_version']} | load average before "
                   f"{' '.join(f'{x:.2f}' for x in r['load_before'])}, after "
                   f"{' '.join(f'{x:.2f}' for x in r['load_after'])} | measured for {r['measure_seconds']:.0f} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def _phase(bench, latencies, rps, loaded=None, versions=None):
 def test_defaults_and_quick(bench):
     s, a = bench.parse_args([])
     assert (s.rounds, s.latency_requests, s.throughput_requests, s.warmup) == (8, 200, 400, 100)
+    assert s.throughput_turn == 40
     assert (s.concurrency, s.instances, s.canary_percent, s.breakdown) == (8, 10, 10.0, False)
     assert a.port is None and not a.json and a.config == "configs/demo.yaml"
     assert s.sides() == ["plain", "router"]
@@ -53,6 +55,8 @@ def test_explicit_sizes_win_over_quick(bench):
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--latency-requests", "-1"], "--latency-requests must be >= 1"),
     (["--concurrency", "0"], "--concurrency must be >= 1"),
+    (["--throughput-turn", "15"], "--throughput-turn must be >= 2 x --concurrency = 16"),
+    (["--concurrency", "30"], "--throughput-turn must be >= 2 x --concurrency = 60 (got 40)"),
     (["--instances", "0"], "--instances must be >= 1"),
     (["--warmup", "-5"], "--warmup must be >= 0"),
     (["--canary-percent", "0"], "--canary-percent must lie strictly between 0 and 100"),
@@ -81,11 +85,59 @@ def test_request_bodies_are_valid_predict_envelopes(bench):
         assert violations == []
 
 
-def test_round_order_alternates_every_side(bench):
+def test_busy_rate_counts_only_while_every_client_was_busy(bench):
+    assert bench.busy_rate(0.0, [0.2, 0.4, 0.5, 0.9, 1.3], busy_end=0.5) == (3, 0.5)
+    assert bench.busy_rate(2.0, [], busy_end=2.5) == (0, 0.5)
+
+
+def test_turns_cycle_every_side_through_every_position(bench):
     sides = ["plain", "router", "plain+log"]
-    orders = [bench.round_order(sides, r) for r in range(4)]
-    assert orders[0] == sides and orders[1] == sides[::-1] and orders[2] == sides
+    orders = bench.turn_orders(sides)
+    assert len(orders) == 6 and len(set(orders)) == 6
     assert all(sorted(o) == sorted(sides) for o in orders)
+    assert {o[0] for o in orders} == set(sides)
+
+
+class _FakeLoad:
+    """The real ``Load`` with ``one`` replaced: each side's request takes a fixed time."""
+
+    def __init__(self, bench, seconds):
+        self.load = bench.Load([b"{}"], instances=1, concurrency=4)
+        self.seconds, self.calls = seconds, []
+
+        def one(url):
+            self.calls.append(url)
+            time.sleep(self.seconds[url])
+            return self.seconds[url] * 1e3, "v0001"
+        self.load.one = one
+
+
+def test_concurrent_turns_alternate_bursts_and_measure_each_side(bench):
+    fake = _FakeLoad(bench, {"p": 0.004, "r": 0.008})
+    cpu_reads = Counter()
+
+    def cpu(side):
+        cpu_reads[side] += 1
+        return float(cpu_reads[side])   # one CPU second more at each read
+
+    try:
+        out = fake.load.concurrent_turns({"plain": "p", "router": "r"}, n=24, turn=8, first=1, cpu=cpu)
+    finally:
+        fake.load.close()
+    assert len(fake.calls) == 48 and fake.calls.count("p") == fake.calls.count("r") == 24
+    # bursts of 8, the sides in turn: first=1 starts with the second order (router, plain)
+    bursts = [fake.calls[i:i + 8] for i in range(0, 48, 8)]
+    assert [set(b) for b in bursts] == [{"r"}, {"p"}, {"p"}, {"r"}, {"r"}, {"p"}]
+    (p_rps, p_ms, p_v, p_cpu), (r_rps, r_ms, r_v, r_cpu) = out["plain"], out["router"]
+    assert len(p_ms) == len(r_ms) == 24 and p_v == r_v == Counter(v0001=24)
+    # 4 clients, 4 ms vs 8 ms per request: about 1,000 vs 500 req/s while all are busy
+    assert 1.4 < p_rps / r_rps < 2.6 and p_rps < 1100
+    assert p_cpu == r_cpu == pytest.approx(3 * 1.0 / 24 * 1e3)  # 3 bursts, 1 s each, over 24 requests
+    nocpu = _FakeLoad(bench, {"p": 0.001})
+    try:
+        assert nocpu.load.concurrent_turns({"plain": "p"}, n=8, turn=8)["plain"][3] is None
+    finally:
+        nocpu.load.close()
 
 
 # -- summary ------------------------------------------------------------------

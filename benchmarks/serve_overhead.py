@@ -51,10 +51,10 @@ those medians.
 **Replica CPU per request** (a column of the table, not in ``--json``): around each of
 a side's bursts, the user + system CPU seconds of the side's replica processes (all
 threads, from ``/proc/<pid>/stat``; the router's are the ingress and the version apps),
-summed over a round and divided by its concurrent requests: the work each side's replicas do per request, where
-req/s also measures the share of 2 busy cores a side's replica happened to get. It
-still moves between runs (Serve's per-request cost changes with how requests bunch up).
-Serve's HTTP proxy and the client threads, shared by the sides, are not counted.
+summed over a round and divided by its concurrent requests: the work each side's
+replicas do per request, where req/s also measures the share of 2 busy cores a side's
+replica happened to get. It still moves between runs (Serve's per-request cost changes
+with how requests bunch up). Serve's HTTP proxy and the client threads, shared by the sides, are not counted.
 
 Targets (issue 5): p50 ratio <= 1.10 and throughput ratio >= 0.90. ``--json`` prints
 exactly ``{"p50_ratio", "p99_ratio", "throughput_ratio", "plain_rps", "router_rps"}``
@@ -549,6 +549,7 @@ class Load:
             out[side][0].append(ms)
             out[side][1][version] += 1
         return out
+
 
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid``, all its threads (Linux ``/proc``), or None.

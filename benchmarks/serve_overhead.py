@@ -473,10 +473,6 @@ class Load:
         out = [self.one(url) for _ in range(n)]
         return [ms for ms, _ in out], Counter(v for _, v in out)
 
-    def concurrent(self, url: str, n: int) -> None:
-        """``n`` requests from the pool (warm-up)."""
-        list(self.pool.map(lambda _: self.one(url), range(n)))
-
     def burst(self, url: str, n: int) -> tuple[int, float, list[float], Counter]:
         """``n`` requests to ``url`` from every client thread at once: (requests completed
         while all clients were busy, that time in seconds (:func:`busy_rate`), every
@@ -576,7 +572,7 @@ def run_rounds(load: Load, urls: dict[str, str], s: Settings, say: Any,
                cpu: Callable[[str], float | None] = lambda side: None) -> dict[str, list[Phase]]:
     for side in s.sides():
         load.sequential(urls[side], s.warmup)
-        load.concurrent(urls[side], s.warmup)
+        load.burst(urls[side], s.warmup)
     phases: dict[str, list[Phase]] = {side: [] for side in s.sides()}
     side_urls = {side: urls[side] for side in s.sides()}
     for r in range(s.rounds):

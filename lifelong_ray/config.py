@@ -209,6 +209,10 @@ class TrainingConfig(_Frozen):
     min_rows: int = Field(default=400, ge=10, description="labeled rows needed to train")
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9,
                                     description="share of the recent rows held out for the gate")
+    holdout_split: Literal["random", "newest"] = Field(
+        default="random",
+        description="which recent rows are held out: a seeded random share, or the newest (a follow-up with a "
+                    "grown window always holds out its newest rows, which the champion cannot have trained on)")
     seed: int = Field(default=0, description="base random seed (each retrain adds its count)")
     mode: Literal["batch", "online", "hybrid"] = Field(
         default="batch",
@@ -233,6 +237,19 @@ class TrainingConfig(_Frozen):
         default=None, ge=1,
         description="fresh labeled rows after a promotion before its follow-up retrain (default: window_recent); "
                     "smaller follows a slow (gradual) drift more closely")
+    settle_growth: float = Field(
+        default=1.0, ge=1.0, le=16.0,
+        description="each follow-up of a drift waits this many times the fresh labeled rows the one before it "
+                    "waited (1: the same gap every time)")
+    settle_window: int | None = Field(
+        default=None, ge=10,
+        description="when set, a follow-up trains on every labeled row since the version that began its chain "
+                    "took all traffic (after bootstrap: all rows), the newest settle_window of them: the window "
+                    "grows while the concept holds; default: the newest window_recent rows")
+    settle_after_bootstrap: bool = Field(
+        default=False,
+        description="the first version (trained on whatever history exists) gets follow-ups too, like a "
+                    "drift-triggered version")
     tune: TuneConfig = Field(default_factory=TuneConfig,
                              description="Ray Tune search at each full retrain (off by default)")
 

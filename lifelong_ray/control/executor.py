@@ -49,7 +49,7 @@ class Executor:
         log.info("starting retrain job %s (since_t=%s, seed=%s)", a.job_id, a.since_t, a.seed)
         self._jobs[a.job_id] = retrain_task.remote(
             self.cfg.model_dump(mode="json"), job_id=a.job_id, since_t=a.since_t,
-            champion=a.champion, seed=a.seed, kind=a.job_kind)
+            champion=a.champion, seed=a.seed, kind=a.job_kind, window_rows=a.window_rows)
 
     def _deploy(self, a: Action) -> None:
         from lifelong_ray.serving.deploy import deploy_version

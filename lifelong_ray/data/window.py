@@ -330,8 +330,12 @@ def select_window(t: np.ndarray, cfg: TrainingConfig, *, since_t: float | None, 
     rng = np.random.default_rng(seed)
     n_hold = min(len(recent) - 1, max(1, int(round(cfg.holdout_fraction * len(recent)))))
     perm = rng.permutation(len(recent))
-    holdout = np.sort(recent[perm[:n_hold]])
-    train_recent = np.sort(recent[perm[n_hold:]])
+    if cfg.holdout_split == "newest":  # by_t's tail is `recent` in t order
+        newest = by_t[-len(recent):]
+        holdout, train_recent = np.sort(newest[-n_hold:]), np.sort(newest[:-n_hold])
+    else:
+        holdout = np.sort(recent[perm[:n_hold]])
+        train_recent = np.sort(recent[perm[n_hold:]])
     older_mask = np.ones(len(t), dtype=bool)
     older_mask[recent] = False
     older = idx[older_mask]

@@ -64,7 +64,7 @@ def gate(*, candidate_accuracy: float | None, champion_accuracy: float | None, m
     there by more than the margin. The worst check wins.
 
     >>> gate(candidate_accuracy=0.91, champion_accuracy=0.90, margin=0.02, rows=120, min_gain=0.02).reason
-    'challenger holdout accuracy 0.910 < champion 0.900 + required gain 0.02 on 120 rows'
+    'challenger holdout accuracy 0.910 < champion 0.900 + required gain 0.020 on 120 rows'
     >>> print(gate(candidate_accuracy=0.95, champion_accuracy=0.60, margin=0.02, rows=300,
     ...            replay_candidate_accuracy=0.70, replay_champion_accuracy=0.90, replay_rows=200,
     ...            forgetting_margin=0.05).reason)
@@ -79,7 +79,7 @@ def gate(*, candidate_accuracy: float | None, champion_accuracy: float | None, m
         ok = candidate_accuracy >= champion_accuracy + min_gain
         recent = Analysis(Verdict.SUCCESSFUL if ok else Verdict.FAILED,
                           f"challenger holdout accuracy {candidate_accuracy:.3f} {'>=' if ok else '<'} champion"
-                          f" {champion_accuracy:.3f} + required gain {min_gain:.2f} on {rows} rows")
+                          f" {champion_accuracy:.3f} + required gain {min_gain:.3f} on {rows} rows")
     elif candidate_accuracy < champion_accuracy - margin:
         recent = Analysis(Verdict.FAILED,
                           f"candidate holdout accuracy {candidate_accuracy:.3f} < champion {champion_accuracy:.3f}"

@@ -36,6 +36,7 @@ from lifelong_ray.policy.model import Action, ActionKind, ControllerState, Obser
 from lifelong_ray.policy.operator import take_commands
 from lifelong_ray.policy.quota import impact_score
 from lifelong_ray.policy.retraining import (
+    arm_settle,
     bootstrap,
     record_usage,
     request_retrain,
@@ -141,6 +142,7 @@ def _first_promotion(tick: Tick, out: RetrainOutcome) -> None:
     tick.act(ActionKind.SET_ALIAS, alias="champion", version=v)
     tick.route({v: 100.0})
     reset_monitors(s)
+    arm_settle(tick, "bootstrap")
     tick.emit(EventKind.PROMOTED,
               f"first version {v} takes 100% (holdout accuracy {out.candidate_accuracy:.3f};"
               f" no champion to compare)", v, bootstrap=True)

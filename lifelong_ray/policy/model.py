@@ -67,6 +67,7 @@ class Action(BaseModel):
     job_id: str | None = None
     job_kind: str = "full"  # "full" retrain or "online" incremental step
     since_t: float | None = None
+    window_rows: int | None = None  # START_RETRAIN: newest rows to train on (None: training.window_recent)
     seed: int = 0
     champion: str | None = None
 
@@ -107,6 +108,9 @@ class ControllerState(BaseModel):
     retrain_purpose: str = "drift"  # why the current/last job runs: bootstrap | drift | settle | operator
     settles_left: int = 0  # follow-up (settle) retrains still allowed for the current drift
     settle_due_labeled: int | None = None  # labeled_total at which the next settle retrain is due
+    settle_gap: int | None = None  # fresh labeled rows the pending follow-up waited for (grows per follow-up)
+    settle_since_t: float | None = None  # the follow-ups' window starts here (training.settle_window set)
+    retrain_window_rows: int | None = None  # the running job's window size (None: training.window_recent)
     retrain_urgent: bool = True  # the pending/running retrain fixes a quality problem (budget freeze lets it run)
     online_labeled_mark: int = 0  # labeled rows seen when the last incremental step started
     queued_retrain: dict[str, Any] | None = None  # a full retrain asked for while an incremental step ran

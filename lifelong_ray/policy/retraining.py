@@ -27,8 +27,8 @@ def retrain_action(state: ControllerState, cfg: Config) -> Action:
     """The START_RETRAIN action of the state's current job (deterministic, so a
     restarted controller re-issues exactly the same job)."""
     return Action(kind=ActionKind.START_RETRAIN, job_id=state.retrain_job_id, job_kind=state.retrain_kind,
-                  since_t=state.retrain_since_t, seed=cfg.training.seed + state.retrain_count,
-                  champion=state.champion)
+                  since_t=state.retrain_since_t, window_rows=state.retrain_window_rows,
+                  seed=cfg.training.seed + state.retrain_count, champion=state.champion)
 
 
 def request_retrain(tick: Tick, since_t: float | None, reason: str, purpose: str = "drift",
@@ -85,37 +85,65 @@ def bootstrap(tick: Tick, obs: Observations) -> None:
                         purpose="bootstrap")
 
 
-def arm_settle(tick: Tick) -> None:
-    """After promoting a full retrain made for a drift (or a settle that gained),
-    schedule the follow-up: once ``settle_after_rows`` (default ``window_recent``) fresh
-    labeled rows exist, retrain
-    on them. The version trained right after a drift has seen only ``min_rows``
-    rows, partly from mid-change; the follow-up is canaried only if it gains."""
+def arm_settle(tick: Tick, purpose: str | None) -> None:
+    """After promoting a full retrain made for ``purpose`` ``drift`` (or a settle that
+    gained; or the first version, with ``training.settle_after_bootstrap``), schedule
+    the follow-up: once ``settle_after_rows`` (default ``window_recent``) fresh labeled
+    rows exist, retrain on them. The version trained right after a drift has seen only
+    ``min_rows`` rows, partly from mid-change; the follow-up is canaried only if it
+    gains. Each later follow-up of the chain waits ``settle_growth`` times longer, and
+    with ``settle_window`` set it trains on every row since the chain began (up to that
+    many): while the concept holds, the window grows.
+
+    Follow-ups for drift promotions at t=100 with 400 labeled rows (gap 1,500, growth 4):
+
+        >>> from lifelong_ray.config import load_config
+        >>> from lifelong_ray.policy.model import ControllerState, Observations
+        >>> cfg = load_config("configs/benchmark.yaml").with_overrides(
+        ...     training={"settle_retrains": 2, "settle_growth": 4, "settle_window": 8000})
+        >>> tick = Tick(ControllerState(model="m"), cfg, 100.0, Observations(labeled_total=400))
+        >>> arm_settle(tick, "drift")
+        >>> tick.s.settle_due_labeled, tick.s.settle_since_t, tick.s.settles_left
+        (1900, 100.0, 2)
+        >>> tick.s.settles_left -= 1        # the first follow-up ran and gained
+        >>> arm_settle(tick, "settle")
+        >>> tick.s.settle_due_labeled, tick.s.settle_since_t  # 400 + 1,500 x 4; same window start
+        (6400, 100.0)
+    """
     s, tc = tick.s, tick.cfg.training
-    purpose = s.gate.get("purpose")
-    if s.gate.get("kind") == "online" or purpose not in ("drift", "settle"):
-        return
-    if purpose == "drift":
+    if purpose == "drift" or (purpose == "bootstrap" and tc.settle_after_bootstrap):
         s.settles_left = tc.settle_retrains
+        s.settle_gap = settle_gap(tc)
+        s.settle_since_t = tick.now if purpose == "drift" else None  # the first version: all rows so far
+    elif purpose == "settle":
+        s.settle_gap = int(round((s.settle_gap or settle_gap(tc)) * tc.settle_growth))
+    else:
+        return
     if s.settles_left > 0:
-        s.settle_due_labeled = tick.obs.labeled_total + settle_gap(tc)
+        s.settle_due_labeled = tick.obs.labeled_total + s.settle_gap
 
 
 def settle_gap(tc: TrainingConfig) -> int:
-    """Fresh labeled rows between a promotion and its follow-up retrain."""
+    """Fresh labeled rows between a promotion and its first follow-up retrain."""
     return tc.settle_after_rows if tc.settle_after_rows is not None else tc.window_recent
 
 
 def schedule_settle(tick: Tick, obs: Observations) -> None:
-    s = tick.s
+    s, tc = tick.s, tick.cfg.training
     if s.settle_due_labeled is None or s.paused or s.budget_frozen or s.retrain != RetrainStage.IDLE \
             or s.rollout != RolloutStage.STABLE or obs.labeled_total < s.settle_due_labeled:
         return
-    fresh = obs.labeled_total - (s.settle_due_labeled - settle_gap(tick.cfg.training))
+    fresh = obs.labeled_total - (s.settle_due_labeled - (s.settle_gap or settle_gap(tc)))
     s.settles_left -= 1
     s.settle_due_labeled = None
-    pend(tick, None, f"settle: {fresh} labeled rows since {s.champion} was promoted after a drift;"
-                     f" retraining on the newest {tick.cfg.training.window_recent}", purpose="settle", urgent=False)
+    if tc.settle_window is None:
+        since, rows = None, f"the newest {tc.window_recent}"
+    else:
+        since = s.settle_since_t
+        start = "all time" if since is None else f"t={since:g}"
+        rows = f"every labeled row since {start}, the newest {tc.settle_window} at most"
+    pend(tick, since, f"settle: {fresh} labeled rows since {s.champion} was promoted;"
+                      f" retraining on {rows}", purpose="settle", urgent=False)
 
 
 def schedule_retrain(tick: Tick, obs: Observations) -> None:
@@ -150,6 +178,7 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
     s.retrain = transition(s.retrain, RetrainStage.RUNNING)
     s.retrain_count += 1
     s.retrain_kind = "full"
+    s.retrain_window_rows = cfg.training.settle_window if s.retrain_purpose == "settle" else None
     s.retrain_job_id = f"{s.model}-retrain-{s.retrain_count:04d}"
     s.retrain_started_t = tick.now
     s.retrain_history = [r for r in s.retrain_history if tick.now - r.start_t < DAY] + \
@@ -157,8 +186,9 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
     s.retrain_deferred_reason = ""
     tick.actions.append(retrain_action(s, cfg))
     also = f" (also answers {covered} other queued request{'s' if covered > 1 else ''})" if covered > 0 else ""
+    rows = min(available, s.retrain_window_rows or cfg.training.window_recent)
     tick.emit(EventKind.RETRAIN_STARTED,
-              f"job {s.retrain_job_id}: {s.retrain_reason}; {available} labeled rows in the window{also}",
+              f"job {s.retrain_job_id}: {s.retrain_reason}; {rows} labeled rows in the window{also}",
               s.champion, job_id=s.retrain_job_id, since_t=s.retrain_since_t, purpose=s.retrain_purpose,
               command_ids=command_ids)
 
@@ -189,6 +219,7 @@ def schedule_online(tick: Tick, obs: Observations) -> None:
     s.retrain = transition(s.retrain, RetrainStage.RUNNING)
     s.retrain_count += 1
     s.retrain_kind = "online"
+    s.retrain_window_rows = None
     s.retrain_purpose = "online"
     s.retrain_urgent = False
     s.retrain_job_id = f"{s.model}-online-{s.retrain_count:04d}"

@@ -191,7 +191,7 @@ def promote(tick: Tick, reason: str) -> None:
     if old is not None and not probation:
         s.retiring[old] = tick.now
     reset_monitors(s)
-    arm_settle(tick)
+    arm_settle(tick, "online" if s.gate.get("kind") == "online" else s.gate.get("purpose"))
     tail = f"; on probation for {rc.probation_labels} late labels, {old} kept ready" if probation else ""
     tick.emit(EventKind.PROMOTED, f"{reason}; {new} takes 100%, replacing {old}{tail}", new, previous=old,
               probation=probation)

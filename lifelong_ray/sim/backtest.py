@@ -151,7 +151,8 @@ class Backtest:
         try:
             if labeled is None:
                 raise WindowTooSmall("no labeled rows yet")
-            window = window_from_table(labeled, window_config(self.cfg, a.job_kind), since_t=a.since_t, seed=a.seed)
+            window = window_from_table(labeled, window_config(self.cfg, a.job_kind, a.window_rows),
+                                       since_t=a.since_t, seed=a.seed)
             res = train_and_register(self.cfg, self.registry, window, job_id=a.job_id, champion=a.champion,
                                      seed=a.seed, kind=a.job_kind)
             self.train_seconds += res.train_seconds

@@ -109,8 +109,10 @@ def _write(storage: Storage, path: str, result: RetrainResult) -> None:
 
 
 def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: str | None,
-                seed: int, kind: str = "full") -> RetrainResult:
-    """Run (or finish, or look up) retrain job ``job_id``; see the module doc."""
+                seed: int, kind: str = "full", window_rows: int | None = None) -> RetrainResult:
+    """Run (or finish, or look up) retrain job ``job_id``; see the module doc.
+    ``window_rows``: train on at most this many newest rows (since ``since_t``)
+    instead of ``training.window_recent`` (a follow-up retrain's grown window)."""
     from lifelong_ray.registry.store import Registry
 
     model = cfg.model.name
@@ -130,7 +132,7 @@ def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: st
             result = _result_from_version(reg, existing, job_id, champion, time.time())
         else:
             result = _train_and_register(cfg, storage, reg, job_id=job_id, since_t=since_t,
-                                         champion=champion, seed=seed, kind=kind)
+                                         champion=champion, seed=seed, kind=kind, window_rows=window_rows)
     except Exception as err:  # noqa: BLE001 - the controller reads the failure from the file
         log.warning("retrain %s of %s failed: %s\n%s", job_id, model, err, traceback.format_exc())
         result = RetrainResult(job_id, STATUS_FAILED, None, None, None, 0, 0, 0.0, runner,
@@ -139,11 +141,24 @@ def run_retrain(cfg: Config, *, job_id: str, since_t: float | None, champion: st
     return result
 
 
-def window_config(cfg: Config, kind: str) -> Config:
+def window_config(cfg: Config, kind: str, window_rows: int | None = None) -> Config:
     """The config a job's window is cut with: an incremental ("online") step uses the
-    newest ``online_window`` labeled rows, no replay, and a larger holdout."""
+    newest ``online_window`` labeled rows, no replay, and a larger holdout. A full
+    retrain given ``window_rows`` (a follow-up's grown window, which reaches back over
+    rows the champion trained on) uses that many recent rows and holds out the newest
+    of them, so the gate compares both versions on rows neither has seen.
+
+        >>> from lifelong_ray.config import load_config
+        >>> cfg = load_config("configs/demo.yaml")
+        >>> grown = window_config(cfg, "full", window_rows=6000).training
+        >>> grown.window_recent, grown.holdout_split
+        (6000, 'newest')
+        >>> window_config(cfg, "full") is cfg
+        True
+    """
     if kind != "online":
-        return cfg
+        return cfg if window_rows is None else \
+            cfg.with_overrides(training={"window_recent": window_rows, "holdout_split": "newest"})
     tc = cfg.training
     return cfg.with_overrides(training={"window_recent": tc.online_window, "window_replay": 0,
                                         "min_rows": min(tc.online_batch, tc.online_window),
@@ -151,10 +166,11 @@ def window_config(cfg: Config, kind: str) -> Config:
 
 
 def _train_and_register(cfg: Config, storage: Storage, reg: Any, *, job_id: str, since_t: float | None,
-                        champion: str | None, seed: int, kind: str = "full") -> RetrainResult:
+                        champion: str | None, seed: int, kind: str = "full",
+                        window_rows: int | None = None) -> RetrainResult:
     from lifelong_ray.data.window import build_window
 
-    window = build_window(storage, window_config(cfg, kind), since_t=since_t, seed=seed)
+    window = build_window(storage, window_config(cfg, kind, window_rows), since_t=since_t, seed=seed)
     return train_and_register(cfg, reg, window, job_id=job_id, champion=champion, seed=seed, kind=kind)
 
 
@@ -234,13 +250,15 @@ def _scores(table: Any, schema: Any, candidate: Any, champion: Any) -> tuple[flo
 
 
 def _retrain_task_impl(cfg_dict: dict[str, Any], *, job_id: str, since_t: float | None,
-                       champion: str | None, seed: int, kind: str = "full") -> dict[str, Any]:
+                       champion: str | None, seed: int, kind: str = "full",
+                       window_rows: int | None = None) -> dict[str, Any]:
     try:
         cfg = parse_config(cfg_dict)
     except Exception as err:  # noqa: BLE001 - nowhere to write: the model name is unknown
         return RetrainResult(job_id, STATUS_FAILED, None, None, None, 0, 0, 0.0, "", f"{type(err).__name__}: {err}",
                              time.time(), champion).to_json()
-    return run_retrain(cfg, job_id=job_id, since_t=since_t, champion=champion, seed=seed, kind=kind).to_json()
+    return run_retrain(cfg, job_id=job_id, since_t=since_t, champion=champion, seed=seed, kind=kind,
+                       window_rows=window_rows).to_json()
 
 
 _TASK: Any = None

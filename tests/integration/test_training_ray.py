@@ -149,3 +149,12 @@ def test_run_retrain_with_ray_train_registers_a_good_version_once(ray_session, t
     assert res2.status == "ok", res2.error
     assert res2.version == "v0002" and res2.champion_accuracy > 0.9 and res2.runner == "local"
     assert reg.metadata("v0002")["parent"] == "v0001"
+
+    # a follow-up with a grown window, through the controller's Ray task: every row
+    # (2000 > window_recent), and the newest fifth held out, not a random one
+    out3 = ray.get(retrain_task.remote(_cfg(root, runner="local").model_dump(mode="json"), job_id="job-3",
+                                       since_t=None, champion="v0002", seed=2, window_rows=2000))
+    res3 = RetrainResult.from_json(out3)
+    assert res3.status == "ok", res3.error
+    assert res3.holdout_rows == 400 and res3.train_rows == 1600
+    assert reg.metadata(res3.version)["window"]["recent_rows"] == 2000

@@ -319,6 +319,55 @@ def test_settle_retrain_starts_once_enough_fresh_rows_and_needs_a_gain():
     assert kinds(decide(st, Observations(retrain_outcome=big), CFG, 120.0))[-1] == "canary_started"
 
 
+GROWN = CFG.with_overrides(training={"settle_retrains": 2, "settle_growth": 4, "settle_window": 8000,
+                                     "settle_after_bootstrap": True})
+
+
+def test_grown_follow_ups_train_on_every_row_since_the_chain_began_and_wait_longer():
+    d = _promote_last_step("drift", labeled_total=5000, cfg=GROWN)
+    gap = GROWN.training.window_recent
+    assert (d.state.settle_due_labeled, d.state.settle_since_t, d.state.settles_left) == (5000 + gap, 50.0, 2)
+    d = decide(d.state, Observations(labeled_total=5000 + gap), GROWN, 90.0)
+    assert kinds(d) == ["retrain_requested"]  # rows since the window start are counted on the next tick
+    assert "every labeled row since t=50, the newest 8000 at most" in d.events[0].reason
+    d = decide(d.state, Observations(labeled_total=5000 + gap, labeled_since_t=50.0, labeled_since_retrain=gap),
+               GROWN, 91.0)
+    assert kinds(d) == ["retrain_started"]
+    start = d.actions[0]
+    assert (start.since_t, start.window_rows) == (50.0, 8000)  # rows since the promotion, up to 8,000
+    # the follow-up gains and is promoted: the next one waits growth x as long, same window start
+    st = canary(step=1, retrain_purpose="settle", settles_left=1, settle_gap=gap, settle_since_t=50.0)
+    st.gate.update(kind="full", purpose="settle")
+    stats = {"v0002": VersionStats(served=500, labeled=200, correct=190),
+             "v0001": VersionStats(served=500, labeled=200, correct=188)}
+    d = decide(st, Observations(step_stats=stats, labeled_total=9000), GROWN, 200.0)
+    assert "promoted" in kinds(d)
+    assert (d.state.settle_due_labeled, d.state.settle_since_t) == (9000 + 4 * gap, 50.0)
+
+
+def test_a_drift_retrain_has_no_grown_window():
+    st = champion_state()
+    wins = [qwin(i, True) for i in (0, 1)]
+    d = decide(st, Observations(quality_windows=wins), GROWN, 5.0)
+    d = decide(d.state, Observations(labeled_since_retrain=500, labeled_since_t=d.state.retrain_since_t,
+                                     labeled_total=9000), GROWN, 40.0)
+    starts = [a for a in d.actions if a.kind == ActionKind.START_RETRAIN]
+    assert len(starts) == 1 and starts[0].window_rows is None and starts[0].since_t == d.state.retrain_since_t
+
+
+@pytest.mark.parametrize("after_bootstrap, due", [(True, 3000 + CFG.training.window_recent), (False, None)])
+def test_the_first_version_gets_follow_ups_only_when_asked(after_bootstrap, due):
+    cfg = GROWN.with_overrides(training={"settle_after_bootstrap": after_bootstrap})
+    st = ControllerState(model="m", retrain=RetrainStage.RUNNING, retrain_job_id="m-retrain-0001",
+                         retrain_count=1, retrain_purpose="bootstrap")
+    out = ok_outcome(champ=None, version="v0001").model_copy(update={"job_id": "m-retrain-0001"})
+    d = decide(st, Observations(retrain_outcome=out, labeled_total=3000), cfg, 10.0)
+    assert d.state.champion == "v0001"
+    assert d.state.settle_due_labeled == due
+    if after_bootstrap:  # its follow-ups reach back over all rows (the history it was trained on)
+        assert d.state.settle_since_t is None and d.state.settles_left == 2
+
+
 def test_a_new_drift_cancels_a_pending_settle():
     st = _promote_last_step("drift", labeled_total=5000).state
     st.retiring.clear()

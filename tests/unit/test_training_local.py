@@ -162,6 +162,19 @@ def test_select_window_since_t_and_too_small():
     assert len(no_replay.replay) == 0
 
 
+def test_select_window_newest_holdout_is_the_tail_in_time():
+    """A grown follow-up window holds out its newest rows: the champion, trained on
+    older rows of the same window, cannot have seen them."""
+    rng = np.random.default_rng(0)
+    t = rng.permutation(np.arange(1000, dtype=float))
+    cfg = TrainingConfig(window_recent=500, window_replay=20, min_rows=100, holdout_fraction=0.2,
+                         holdout_split="newest")
+    sel = select_window(t, cfg, since_t=300.0, seed=4)
+    assert sorted(t[sel.holdout]) == list(np.arange(900.0, 1000.0))
+    assert sorted(t[sel.train_recent]) == list(np.arange(500.0, 900.0))
+    assert len(sel.replay) == 20 and t[sel.replay].max() < 500.0
+
+
 # -- local runner on a hand-built window ---------------------------------------------
 def _raw_table(n: int, seed: int, t0: float = 0.0) -> pa.Table:
     rng = np.random.default_rng(seed)

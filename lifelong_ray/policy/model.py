@@ -110,7 +110,6 @@ class ControllerState(BaseModel):
     settle_due_labeled: int | None = None  # labeled_total at which the next settle retrain is due
     settle_gap: int | None = None  # fresh labeled rows the pending follow-up waited for (grows per follow-up)
     settle_since_t: float | None = None  # the follow-ups' window starts here (training.settle_window set)
-    retrain_window_rows: int | None = None  # the running job's window size (None: training.window_recent)
     retrain_urgent: bool = True  # the pending/running retrain fixes a quality problem (budget freeze lets it run)
     online_labeled_mark: int = 0  # labeled rows seen when the last incremental step started
     queued_retrain: dict[str, Any] | None = None  # a full retrain asked for while an incremental step ran

@@ -27,8 +27,16 @@ def retrain_action(state: ControllerState, cfg: Config) -> Action:
     """The START_RETRAIN action of the state's current job (deterministic, so a
     restarted controller re-issues exactly the same job)."""
     return Action(kind=ActionKind.START_RETRAIN, job_id=state.retrain_job_id, job_kind=state.retrain_kind,
-                  since_t=state.retrain_since_t, window_rows=state.retrain_window_rows,
+                  since_t=state.retrain_since_t, window_rows=job_window_rows(state, cfg),
                   seed=cfg.training.seed + state.retrain_count, champion=state.champion)
+
+
+def job_window_rows(state: ControllerState, cfg: Config) -> int | None:
+    """The current job's window size: a full follow-up trains on up to
+    ``training.settle_window`` rows; every other job on ``window_recent`` (None)."""
+    if state.retrain_kind == "full" and state.retrain_purpose == "settle":
+        return cfg.training.settle_window
+    return None
 
 
 def request_retrain(tick: Tick, since_t: float | None, reason: str, purpose: str = "drift",
@@ -178,7 +186,6 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
     s.retrain = transition(s.retrain, RetrainStage.RUNNING)
     s.retrain_count += 1
     s.retrain_kind = "full"
-    s.retrain_window_rows = cfg.training.settle_window if s.retrain_purpose == "settle" else None
     s.retrain_job_id = f"{s.model}-retrain-{s.retrain_count:04d}"
     s.retrain_started_t = tick.now
     s.retrain_history = [r for r in s.retrain_history if tick.now - r.start_t < DAY] + \
@@ -186,7 +193,7 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
     s.retrain_deferred_reason = ""
     tick.actions.append(retrain_action(s, cfg))
     also = f" (also answers {covered} other queued request{'s' if covered > 1 else ''})" if covered > 0 else ""
-    rows = min(available, s.retrain_window_rows or cfg.training.window_recent)
+    rows = min(available, job_window_rows(s, cfg) or cfg.training.window_recent)
     tick.emit(EventKind.RETRAIN_STARTED,
               f"job {s.retrain_job_id}: {s.retrain_reason}; {rows} labeled rows in the window{also}",
               s.champion, job_id=s.retrain_job_id, since_t=s.retrain_since_t, purpose=s.retrain_purpose,
@@ -219,7 +226,6 @@ def schedule_online(tick: Tick, obs: Observations) -> None:
     s.retrain = transition(s.retrain, RetrainStage.RUNNING)
     s.retrain_count += 1
     s.retrain_kind = "online"
-    s.retrain_window_rows = None
     s.retrain_purpose = "online"
     s.retrain_urgent = False
     s.retrain_job_id = f"{s.model}-online-{s.retrain_count:04d}"

@@ -229,8 +229,8 @@ class TrainingConfig(_Frozen):
         default=1, ge=0,
         description="follow-up retrains per drift: after a drift-triggered version is promoted, retrain on "
                     "the newest window_recent rows once that many fresh labeled rows exist; canaried only "
-                    "if it gains settle_min_gain; a promoted settle version may be followed by another, up to "
-                    "this many per drift (0: off)")
+                    "if it gains settle_min_gain; a settle retrain, promoted or refused, may be followed by "
+                    "another, up to this many per drift (0: off)")
     settle_min_gain: float = Field(default=0.005, ge=0, lt=1,
                                    description="holdout accuracy a settle retrain must gain over the champion")
     settle_after_rows: int | None = Field(

@@ -38,12 +38,14 @@ from lifelong_ray.policy.quota import impact_score
 from lifelong_ray.policy.retraining import (
     arm_settle,
     bootstrap,
+    forgetting_margin,
     record_usage,
     request_retrain,
     retrain_action,
     schedule_online,
     schedule_retrain,
     schedule_settle,
+    settle_refused,
 )
 from lifelong_ray.policy.rollout import analyze_canary, analyze_probation, analyze_shadow, enter_rollout, watch_budget
 from lifelong_ray.policy.tick import Decision, Tick, reset_monitors
@@ -120,14 +122,13 @@ def _take_retrain_outcome(tick: Tick, obs: Observations) -> None:
                    margin=tick.cfg.rollout.gate_margin, rows=out.holdout_rows, min_gain=min_gain,
                    replay_candidate_accuracy=out.replay_candidate_accuracy,
                    replay_champion_accuracy=out.replay_champion_accuracy, replay_rows=out.replay_rows,
-                   # after a drift the replay rows hold the old concept: forgetting it is the point
-                   forgetting_margin=None if s.retrain_purpose in ("drift", "bootstrap")
-                   else tick.cfg.rollout.forgetting_margin)
+                   forgetting_margin=forgetting_margin(s, tick.cfg))
     scores = dict(candidate_accuracy=out.candidate_accuracy, champion_accuracy=out.champion_accuracy,
                   replay_candidate_accuracy=out.replay_candidate_accuracy,
                   replay_champion_accuracy=out.replay_champion_accuracy)
     if verdict.verdict != Verdict.SUCCESSFUL:
         tick.emit(EventKind.GATE_FAILED, f"{verdict.reason}; {s.champion} keeps serving", v, **scores)
+        settle_refused(tick, s.retrain_purpose if s.retrain_kind == "full" else s.retrain_kind)
         return
     tick.emit(EventKind.GATE_PASSED, verdict.reason, v, **scores)
     enter_rollout(tick, out)

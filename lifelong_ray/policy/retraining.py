@@ -101,7 +101,9 @@ def arm_settle(tick: Tick, purpose: str | None) -> None:
     ``min_rows`` rows, partly from mid-change; the follow-up is canaried only if it
     gains. Each later follow-up of the chain waits ``settle_growth`` times longer, and
     with ``settle_window`` set it trains on every row since the chain began (up to that
-    many): while the concept holds, the window grows.
+    many): while the concept holds, the window grows. A refused follow-up does not end
+    the chain (``settle_refused``): the next one waits as long as if it had gained, on a
+    window that grew meanwhile.
 
     Follow-ups for drift promotions at t=100 with 400 labeled rows (gap 1,500, growth 4):
 
@@ -129,6 +131,29 @@ def arm_settle(tick: Tick, purpose: str | None) -> None:
         return
     if s.settles_left > 0:
         s.settle_due_labeled = tick.obs.labeled_total + s.settle_gap
+
+
+def settle_refused(tick: Tick, purpose: str | None) -> None:
+    """A follow-up candidate was refused (gate or canary): the champion stays, and the
+    chain goes on if it has follow-ups left. Its next one trains later, on more rows
+    (with ``settle_window``, every row since the chain began), so one unlucky
+    comparison on a small window does not leave a version trained on ``min_rows`` rows
+    of a drift serving until the next drift."""
+    if purpose == "settle":
+        arm_settle(tick, "settle")
+
+
+def forgetting_margin(state: ControllerState, cfg: Config) -> float | None:
+    """The gate's forgetting check (``rollout.forgetting_margin``) for the current job,
+    or None where it does not apply: after a drift the replay rows hold the old concept
+    and forgetting it is the point; a follow-up of a drift (``settle_since_t`` set)
+    replaces a champion trained after that drift too, which never knew the replay rows'
+    concept, so comparing the two there measures noise. A refresh of the first version,
+    an operator's retrain and incremental steps keep it."""
+    purpose = state.retrain_purpose if state.retrain_kind == "full" else state.retrain_kind
+    if purpose in ("drift", "bootstrap") or (purpose == "settle" and state.settle_since_t is not None):
+        return None
+    return cfg.rollout.forgetting_margin
 
 
 def settle_gap(tc: TrainingConfig) -> int:

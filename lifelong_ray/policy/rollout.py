@@ -23,7 +23,7 @@ from lifelong_ray.events import EventKind
 from lifelong_ray.policy.analysis import Verdict, analyze_step
 from lifelong_ray.policy.lifecycle import RolloutStage, transition
 from lifelong_ray.policy.model import ActionKind, Observations, OperatorCommand, RetrainOutcome, ShadowStats, VersionStats
-from lifelong_ray.policy.retraining import arm_settle
+from lifelong_ray.policy.retraining import arm_settle, settle_refused
 from lifelong_ray.policy.tick import Tick, reset_monitors
 
 #: served requests a probation champion needs before its error rate is judged
@@ -211,6 +211,7 @@ def rollback(tick: Tick, reason: str, **data: object) -> None:
     tick.act(ActionKind.SET_ALIAS, alias="shadow", version=None)
     s.retiring[bad] = tick.now
     reset_monitors(s)  # a drift that persists is detected again and retried
+    settle_refused(tick, "online" if s.gate.get("kind") == "online" else s.gate.get("purpose"))
     if had_traffic:
         tick.emit(EventKind.ROLLED_BACK, f"{reason}; {champ} back to 100%", bad, champion=champ, **data)
     else:

@@ -345,6 +345,38 @@ def test_grown_follow_ups_train_on_every_row_since_the_chain_began_and_wait_long
     assert (d.state.settle_due_labeled, d.state.settle_since_t) == (9000 + 4 * gap, 50.0)
 
 
+@pytest.mark.parametrize("left, due", [(1, 7000 + 4 * GROWN.training.window_recent), (0, None)])
+def test_a_refused_follow_up_keeps_its_chain_going(left, due):
+    gap = GROWN.training.window_recent
+    chain = dict(retrain_purpose="settle", settles_left=left, settle_gap=gap, settle_since_t=50.0)
+    # refused at the gate: the next follow-up waits growth x as long, on the same (grown) window
+    worse = ok_outcome(cand=0.90, champ=0.93)
+    d = decide(running(**chain), Observations(retrain_outcome=worse, labeled_total=7000), GROWN, 100.0)
+    assert kinds(d)[-1] == "gate_failed" and d.state.champion == "v0001"
+    assert (d.state.settle_due_labeled, d.state.settles_left, d.state.settle_since_t) == (due, left, 50.0)
+    # refused in its canary: the same
+    st = canary(step=1, **chain)
+    st.gate.update(kind="full", purpose="settle")
+    bad = {"v0002": VersionStats(served=500, labeled=200, correct=120),
+           "v0001": VersionStats(served=500, labeled=200, correct=188)}
+    d = decide(st, Observations(step_stats=bad, labeled_total=7000), GROWN, 100.0)
+    assert "rolled_back" in kinds(d) and d.state.settle_due_labeled == due
+
+
+@pytest.mark.parametrize("since_t, expect", [
+    (50.0, "canary_started"),  # a drift's follow-up: the champion was trained after the drift too
+    (None, "gate_failed"),     # a refresh of the first version must not forget what it knew
+])
+def test_the_forgetting_check_skips_a_drifts_follow_ups(since_t, expect):
+    forgets = ok_outcome(cand=0.95, champ=0.93).model_copy(update={
+        "replay_candidate_accuracy": 0.50, "replay_champion_accuracy": 0.60, "replay_rows": 2000})
+    st = running(retrain_purpose="settle", settles_left=1, settle_gap=1500, settle_since_t=since_t)
+    d = decide(st, Observations(retrain_outcome=forgets, labeled_total=7000), GROWN, 100.0)
+    assert kinds(d)[-1] == expect
+    if expect == "gate_failed":
+        assert "forgetting" in d.events[-1].reason
+
+
 def test_a_drift_retrain_has_no_grown_window():
     st = champion_state()
     wins = [qwin(i, True) for i in (0, 1)]

@@ -128,7 +128,7 @@ def _take_retrain_outcome(tick: Tick, obs: Observations) -> None:
                   replay_champion_accuracy=out.replay_champion_accuracy)
     if verdict.verdict != Verdict.SUCCESSFUL:
         tick.emit(EventKind.GATE_FAILED, f"{verdict.reason}; {s.champion} keeps serving", v, **scores)
-        settle_refused(tick, s.retrain_purpose if s.retrain_kind == "full" else s.retrain_kind)
+        settle_refused(tick, s.retrain_purpose)
         return
     tick.emit(EventKind.GATE_PASSED, verdict.reason, v, **scores)
     enter_rollout(tick, out)

@@ -150,7 +150,7 @@ def forgetting_margin(state: ControllerState, cfg: Config) -> float | None:
     replaces a champion trained after that drift too, which never knew the replay rows'
     concept, so comparing the two there measures noise. A refresh of the first version,
     an operator's retrain and incremental steps keep it."""
-    purpose = state.retrain_purpose if state.retrain_kind == "full" else state.retrain_kind
+    purpose = state.retrain_purpose  # "online" for an incremental step
     if purpose in ("drift", "bootstrap") or (purpose == "settle" and state.settle_since_t is not None):
         return None
     return cfg.rollout.forgetting_margin

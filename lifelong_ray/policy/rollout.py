@@ -211,7 +211,7 @@ def rollback(tick: Tick, reason: str, **data: object) -> None:
     tick.act(ActionKind.SET_ALIAS, alias="shadow", version=None)
     s.retiring[bad] = tick.now
     reset_monitors(s)  # a drift that persists is detected again and retried
-    settle_refused(tick, "online" if s.gate.get("kind") == "online" else s.gate.get("purpose"))
+    settle_refused(tick, s.gate.get("purpose"))
     if had_traffic:
         tick.emit(EventKind.ROLLED_BACK, f"{reason}; {champ} back to 100%", bad, champion=champ, **data)
     else:

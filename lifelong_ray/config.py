@@ -301,6 +301,11 @@ class RolloutConfig(_Frozen):
                                     description="probation rolls back when realized accuracy < previous - margin")
     canary_steps: list[int] = Field(default_factory=lambda: [10, 50, 100],
                                     description="traffic percentages of the canary steps, ending at 100")
+    urgent_canary_steps: list[int] | None = Field(
+        default=None,
+        description="canary steps of an urgent candidate (retrained for a performance drift or at an operator's "
+                    "request), whose champion is already failing: a larger first step leaves fewer requests on "
+                    "it while the step gathers its labels (default: canary_steps)")
     min_labeled_per_step: int = Field(default=100, ge=1, description="labeled canary rows a step needs for a verdict")
     min_seconds_per_step: float = Field(default=0.0, ge=0, description="minimum time a canary step runs")
     quality_margin: float = Field(default=0.05, ge=0, lt=1,
@@ -310,9 +315,11 @@ class RolloutConfig(_Frozen):
     retire_grace_seconds: float = Field(default=3.0, ge=0,
                                         description="a version without traffic is undeployed after this long")
 
-    @field_validator("canary_steps")
+    @field_validator("canary_steps", "urgent_canary_steps")
     @classmethod
-    def _steps(cls, v: list[int]) -> list[int]:
+    def _steps(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
         if not v or v[-1] != 100:
             raise ValueError("canary_steps must end at 100")
         if any(not 0 < s <= 100 for s in v) or v != sorted(set(v)):

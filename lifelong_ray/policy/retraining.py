@@ -44,19 +44,21 @@ def request_retrain(tick: Tick, since_t: float | None, reason: str, purpose: str
     """A monitor (or bootstrap) asks for a full retrain on the rows since ``since_t``.
     ``kind`` names the request in the queue (one per kind; default: the purpose)."""
     s = tick.s
-    s.settles_left, s.settle_due_labeled = 0, None  # a new drift supersedes a pending follow-up
     if tick.cfg.training.mode == "online" and s.champion is not None:
         return  # online mode adapts by incremental steps only
     busy = s.retrain == RetrainStage.RUNNING or s.rollout != RolloutStage.STABLE
-    if busy and s.retrain_kind == "online" and s.retrain == RetrainStage.RUNNING:
+    if busy and not (s.retrain_kind == "online" and s.retrain == RetrainStage.RUNNING):
+        # A full retrain's candidate is already in flight and answers this request; a
+        # follow-up chain it belongs to goes on (its promotion schedules the next one).
+        return
+    s.settles_left, s.settle_due_labeled = 0, None  # a new drift supersedes a pending follow-up
+    if busy:
         # An incremental step is in flight: a full retrain follows it, not lost.
         s.queued_retrain = {"since_t": since_t, "reason": reason, "purpose": purpose, "urgent": urgent,
                             "kind": kind, "impact": impact}
         tick.emit(EventKind.RETRAIN_REQUESTED, f"{reason}; queued behind incremental job {s.retrain_job_id}",
                   s.champion, since_t=since_t, queued=True)
         return
-    if busy:
-        return  # a full retrain's candidate is already in flight
     pend(tick, since_t, reason, purpose=purpose, urgent=urgent, kind=kind, impact=impact)
 
 

@@ -38,6 +38,13 @@ def _urgent(tick: Tick) -> bool:
     return bool(tick.s.gate.get("urgent", True))
 
 
+def canary_steps(tick: Tick) -> list[int]:
+    """The candidate's canary steps: ``rollout.urgent_canary_steps`` when it is urgent
+    and they are set, else ``rollout.canary_steps``."""
+    rc = tick.cfg.rollout
+    return rc.urgent_canary_steps if rc.urgent_canary_steps and _urgent(tick) else rc.canary_steps
+
+
 # -- entering -------------------------------------------------------------------
 
 def enter_rollout(tick: Tick, out: RetrainOutcome) -> None:
@@ -93,7 +100,7 @@ def start_canary(tick: Tick) -> None:
     s.approval_for = None
     s.step_index = 0
     s.step_started_t = tick.now
-    w = float(tick.cfg.rollout.canary_steps[0])
+    w = float(canary_steps(tick)[0])
     if s.shadow_started_t is not None:
         tick.act(ActionKind.SET_ALIAS, alias="shadow", version=None)
         s.shadow_started_t = None
@@ -137,7 +144,8 @@ def analyze_canary(tick: Tick, obs: Observations) -> None:
     live = s.rollout == RolloutStage.CANARY or (s.rollout == RolloutStage.APPROVAL and s.approval_for == "full")
     if not live or s.candidate is None:
         return
-    weight = float(rc.canary_steps[s.step_index])
+    steps = canary_steps(tick)
+    weight = float(steps[s.step_index])
     analysis = analyze_step(
         candidate=obs.step_stats.get(s.candidate, VersionStats()),
         champion=obs.step_stats.get(s.champion or "", VersionStats()),
@@ -152,7 +160,7 @@ def analyze_canary(tick: Tick, obs: Observations) -> None:
     if analysis.verdict != Verdict.SUCCESSFUL or s.paused or s.rollout != RolloutStage.CANARY:
         return
     nxt = s.step_index + 1
-    nxt_weight = float(rc.canary_steps[nxt])
+    nxt_weight = float(steps[nxt])
     if nxt_weight >= 100:
         if "full" in rc.require_approval:
             _await(tick, "full")

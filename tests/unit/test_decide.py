@@ -407,3 +407,45 @@ def test_a_new_drift_cancels_a_pending_settle():
     d = decide(st, Observations(quality_windows=wins, labeled_total=5100), CFG, 200.0)
     assert "drift_detected" in kinds(d)
     assert d.state.settle_due_labeled is None and d.state.settles_left == 0
+
+
+def test_a_drift_seen_during_a_follow_ups_canary_leaves_its_chain_going():
+    # The champion drifts while a follow-up is in its canary: the candidate in flight
+    # answers the drift, so no retrain is requested and the chain is not cancelled.
+    gap = GROWN.training.window_recent
+    st = canary(step=0, retrain_purpose="settle", settles_left=1, settle_gap=gap, settle_since_t=50.0)
+    st.gate.update(kind="full", purpose="settle")
+    wins = [qwin(i, True) for i in (0, 1)]
+    d = decide(st, Observations(quality_windows=wins, labeled_total=7000), GROWN, 100.0)
+    assert "drift_detected" in kinds(d) and "retrain_requested" not in kinds(d)
+    assert d.state.settles_left == 1 and d.state.rollout == RolloutStage.CANARY
+    # its promotion schedules the next follow-up, growth x later, on the same window
+    d.state.step_index = 1
+    good = {"v0002": VersionStats(served=500, labeled=200, correct=190),
+            "v0001": VersionStats(served=500, labeled=200, correct=150)}
+    d = decide(d.state, Observations(step_stats=good, labeled_total=7200), GROWN, 120.0)
+    assert "promoted" in kinds(d)
+    assert (d.state.settle_due_labeled, d.state.settle_since_t) == (7200 + 4 * gap, 50.0)
+
+
+@pytest.mark.parametrize("purpose, urgent, first, second", [
+    ("drift", True, 90.0, None),       # the champion is failing: 90% at once, then 100%
+    ("settle", False, 10.0, 50.0),     # a follow-up replaces a healthy champion: the usual steps
+])
+def test_an_urgent_candidate_takes_the_urgent_canary_steps(purpose, urgent, first, second):
+    cfg = CFG.with_overrides(rollout={"urgent_canary_steps": [90, 100]}, training={"settle_min_gain": 0.0})
+    st = running(retrain_purpose=purpose, retrain_urgent=urgent)
+    d = decide(st, Observations(retrain_outcome=ok_outcome()), cfg, 10.0)
+    assert d.state.weights == {"v0001": 100.0 - first, "v0002": first}
+    good = {"v0002": VersionStats(served=500, labeled=200, correct=190),
+            "v0001": VersionStats(served=500, labeled=200, correct=150)}
+    d = decide(d.state, Observations(step_stats=good), cfg, 20.0)
+    if second is None:
+        assert "promoted" in kinds(d) and d.state.weights == {"v0002": 100.0}
+    else:
+        assert kinds(d) == ["canary_step"] and d.state.weights == {"v0001": 100.0 - second, "v0002": second}
+
+
+def test_urgent_canary_steps_follow_the_canary_steps_rule():
+    with pytest.raises(ValueError, match="must end at 100"):
+        CFG.with_overrides(rollout={"urgent_canary_steps": [90]})

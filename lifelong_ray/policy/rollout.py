@@ -39,9 +39,13 @@ def _urgent(tick: Tick) -> bool:
 
 
 def canary_steps(tick: Tick) -> list[int]:
-    """The candidate's canary steps: ``rollout.urgent_canary_steps`` when it is urgent
-    and they are set, else ``rollout.canary_steps``."""
+    """The candidate's canary steps: those its canary started with (a config reload
+    does not move a running canary), else ``rollout.urgent_canary_steps`` when it is
+    urgent and they are set, else ``rollout.canary_steps``."""
     rc = tick.cfg.rollout
+    pinned = tick.s.gate.get("canary_steps")
+    if pinned:
+        return list(pinned)
     return rc.urgent_canary_steps if rc.urgent_canary_steps and _urgent(tick) else rc.canary_steps
 
 
@@ -100,7 +104,8 @@ def start_canary(tick: Tick) -> None:
     s.approval_for = None
     s.step_index = 0
     s.step_started_t = tick.now
-    w = float(canary_steps(tick)[0])
+    s.gate["canary_steps"] = steps = list(canary_steps(tick))
+    w = float(steps[0])
     if s.shadow_started_t is not None:
         tick.act(ActionKind.SET_ALIAS, alias="shadow", version=None)
         s.shadow_started_t = None

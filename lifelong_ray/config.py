@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -317,13 +317,13 @@ class RolloutConfig(_Frozen):
 
     @field_validator("canary_steps", "urgent_canary_steps")
     @classmethod
-    def _steps(cls, v: list[int] | None) -> list[int] | None:
+    def _steps(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
         if v is None:
             return v
         if not v or v[-1] != 100:
-            raise ValueError("canary_steps must end at 100")
+            raise ValueError(f"{info.field_name} must end at 100")
         if any(not 0 < s <= 100 for s in v) or v != sorted(set(v)):
-            raise ValueError("canary_steps must be strictly increasing percentages in (0, 100]")
+            raise ValueError(f"{info.field_name} must be strictly increasing percentages in (0, 100]")
         return v
 
 

@@ -47,12 +47,13 @@ def request_retrain(tick: Tick, since_t: float | None, reason: str, purpose: str
     if tick.cfg.training.mode == "online" and s.champion is not None:
         return  # online mode adapts by incremental steps only
     busy = s.retrain == RetrainStage.RUNNING or s.rollout != RolloutStage.STABLE
-    if busy and not (s.retrain_kind == "online" and s.retrain == RetrainStage.RUNNING):
+    stepping = s.retrain == RetrainStage.RUNNING and s.retrain_kind == "online"
+    if busy and not stepping:
         # A full retrain's candidate is already in flight and answers this request; a
         # follow-up chain it belongs to goes on (its promotion schedules the next one).
         return
     s.settles_left, s.settle_due_labeled = 0, None  # a new drift supersedes a pending follow-up
-    if busy:
+    if stepping:
         # An incremental step is in flight: a full retrain follows it, not lost.
         s.queued_retrain = {"since_t": since_t, "reason": reason, "purpose": purpose, "urgent": urgent,
                             "kind": kind, "impact": impact}

@@ -448,5 +448,5 @@ def test_an_urgent_candidate_takes_the_urgent_canary_steps(purpose, urgent, firs
 
 
 def test_urgent_canary_steps_follow_the_canary_steps_rule():
-    with pytest.raises(ValueError, match="must end at 100"):
+    with pytest.raises(ValueError, match="urgent_canary_steps must end at 100"):
         CFG.with_overrides(rollout={"urgent_canary_steps": [90]})

@@ -118,9 +118,16 @@ class Storage:
     def list(self, prefix: str, suffix: str = "", recursive: bool = True) -> list[str]:
         """Relative paths of files under ``prefix`` (sorted), skipping temporaries."""
         sel = pafs.FileSelector(self.path(prefix), allow_not_found=True, recursive=recursive)
+        for attempt in range(3):
+            try:  # a directory a concurrent writer creates or removes mid-walk fails the walk: walk again
+                infos = self.fs.get_file_info(sel)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         out = [
             self.rel(info.path)
-            for info in self.fs.get_file_info(sel)
+            for info in infos
             if info.type == pafs.FileType.File
             and not info.base_name.startswith(".tmp-")
             and info.base_name.endswith(suffix)

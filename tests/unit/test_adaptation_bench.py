@@ -68,3 +68,32 @@ def test_config_overrides_and_a_stream_with_another_schema(bench, tmp_path):
     cfg = bench.config_for(load_config(bench.DEFAULT_CONFIG), sea, str(tmp_path))
     assert [f.name for f in cfg.model.features] == ["x0", "x1", "x2"]
     assert cfg.storage.root == str(tmp_path) and cfg.drift == load_config(bench.DEFAULT_CONFIG).drift
+
+
+def test_several_seeds_report_the_mean_the_largest_retrain_count_and_each_seed(bench, capsys,
+                                                                                  restore_torch_threads):
+    argv = ["--samples", "3000", "--streams", "recurring", "--methods", "static,periodic", "--workers", "1"]
+    assert bench.main(["--json", *argv, "--seeds", "0,1"]) == 0
+    rows = json.loads(capsys.readouterr().out)["streams"]["recurring"]
+    by_seed = {m: row["seeds"] for m, row in rows.items()}
+    for method, row in rows.items():
+        seeds = row.pop("seeds")
+        assert list(seeds) == ["0", "1"], method
+        assert set(row) == set(seeds["0"]) == set(KEYS) | {"mean_detection_delay"}
+        assert row["accuracy"] == pytest.approx((seeds["0"]["accuracy"] + seeds["1"]["accuracy"]) / 2)
+        assert row["retrains"] == max(s["retrains"] for s in seeds.values())
+        assert row["false_alarms"] == sum(s["false_alarms"] for s in seeds.values())
+    # each seed's row is that seed's own run: the same as a one-seed run of it
+    assert bench.main(["--json", *argv, "--seed", "1"]) == 0
+    alone = json.loads(capsys.readouterr().out)["streams"]["recurring"]
+    assert {m: row for m, row in alone.items()} == {m: {**s["1"], "train_cpu_seconds": alone[m]["train_cpu_seconds"]}
+                                                      for m, s in by_seed.items()}
+
+
+def test_seed_arguments_are_checked(bench):
+    assert bench.parse_args(["--seeds", "2,0"]).seeds == [2, 0]
+    assert bench.parse_args(["--seed", "3"]).seeds == [3]
+    assert bench.parse_args([]).seeds == [0]
+    for bad in (["--seed", "1", "--seeds", "0,1"], ["--seeds", "0,0"], ["--seeds", "a,b"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)

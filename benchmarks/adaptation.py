@@ -557,8 +557,16 @@ def check_targets(results: dict[str, dict[str, MethodResult]]) -> list[tuple[str
             checks.append(("abrupt: lifelong mean detection delay < 1,000 samples",
                            None if delay is None else delay < 1000,
                            "no drift detected" if delay is None else f"{delay:.0f} samples "
-                           f"({life.extra.get('detection_delays')})"))
+                           f"({_delays(life)})"))
     return checks
+
+
+def _delays(r: MethodResult) -> str:
+    """Each detection delay: ``[567, 520, 545]``, or by seed ``0 [..], 1 [..]``."""
+    runs = per_seed(r)
+    if not runs:
+        return str(r.extra.get("detection_delays"))
+    return ", ".join(f"{sd} {x.extra.get('detection_delays')}" for sd, x in runs.items())
 
 
 def _by_seed(life: MethodResult, other: MethodResult, retrains: bool = False) -> str:

@@ -616,9 +616,10 @@ def render(results: dict[str, dict[str, MethodResult]], args: argparse.Namespace
             t.add_row(name, "n/a" if ok is None else ("[green]yes[/green]" if ok else "[red]no[/red]"), detail)
         console.print(t)
     sets = " ".join(f"--set {sec}.{key}={json.dumps(val)}" for sec, key, val in args.overrides)
+    seeds = (f"seeds {','.join(map(str, args.seeds))} (accuracy: the mean)" if len(args.seeds) > 1
+             else f"seed {args.seeds[0]}")
     console.print(f"{args.n:,} samples per stream, bootstrap {args.bootstrap}, label delay {args.label_delay}, "
-                  f"periodic every {args.period}, seed{'s' if len(args.seeds) > 1 else ''} "
-                  f"{','.join(map(str, args.seeds))}{' (accuracy: the mean)' if len(args.seeds) > 1 else ''}, config {args.config} {sets}, "
+                  f"periodic every {args.period}, {seeds}, config {args.config} {sets}, "
                   f"{args.workers} worker(s); wall {wall:.0f}s")
 
 

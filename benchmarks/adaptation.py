@@ -426,21 +426,20 @@ def _init_worker() -> None:
 _COST = {"river-arf": 10.0, "lifelong-hybrid": 6.0, "periodic": 2.5, "lifelong": 2.5, "river-hat": 1.8, "static": 0.2}
 
 
-def run_benchmark(*, n: int, streams: list[str], methods: list[str], seed: int = 0, bootstrap: int = 2000,
+def run_benchmark(*, n: int, streams: list[str], methods: list[str], seeds: Sequence[int] = (0,), bootstrap: int = 2000,
                   label_delay: int = 200, period: int = 2000, config: str | Path = DEFAULT_CONFIG,
                   workers: int = 1, arf_samples: int | None = None, arf_streams: list[str] | None = None,
                   overrides: tuple[tuple[str, str, Any], ...] = (),
-                  progress: Callable[[str], None] | None = None,
-                  seeds: Sequence[int] | None = None) -> dict[str, dict[str, MethodResult]]:
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict[str, MethodResult]]:
     """Run ``methods`` on ``streams`` of ``n`` samples; results by stream, then method.
 
     ``river-arf`` is the slow one: ``arf_streams`` limits it to some streams (default
     all) and ``arf_samples`` runs it on shorter streams (default ``n``).
     ``overrides`` are ``(section, key, value)`` replacements of the config.
-    ``seeds`` (default ``[seed]``) runs every pair on each seed's stream; several
-    seeds give each pair's :func:`aggregate` of its runs.
+    ``seeds`` runs every pair on each seed's stream; several seeds give each pair's
+    :func:`aggregate` of its runs.
     """
-    seeds = list(seeds) if seeds is not None else [seed]
+    seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     unknown = sorted(set(streams) - set(STREAM_SPECS)) + sorted(set(methods) - set(RUNNERS))
@@ -506,8 +505,7 @@ def aggregate(runs: dict[int, MethodResult]) -> MethodResult:
     if len(runs) == 1:
         return next(iter(runs.values()))
     rs = list(runs.values())
-    delays = [d for r in rs for d in (r.extra.get("detection_delays")
-                                      or ([] if r.mean_detection_delay is None else [r.mean_detection_delay]))]
+    delays = [d for r in rs for d in r.extra.get("detection_delays", [])]
     return MethodResult(float(np.mean([r.accuracy for r in rs])), max(r.retrains for r in rs),
                         float(np.mean([r.train_cpu_seconds for r in rs])), _mean(delays),
                         sum(r.false_alarms for r in rs), wall_seconds=float(np.mean([r.wall_seconds for r in rs])),

@@ -478,6 +478,27 @@ class ServingConfig(_Frozen):
 
 class ControllerConfig(_Frozen):
     tick_seconds: float = Field(default=1.0, gt=0, description="controller loop period (observe, decide, act)")
+    command_skew_seconds: float = Field(
+        default=300.0, ge=0,
+        description="an operator command written up to this long before the newest one taken in (a writer whose "
+                    "clock is behind) is still applied, once; an older one never taken in is refused "
+                    "(command_rejected)")
+    lease_seconds: float | None = Field(
+        default=None, gt=0,
+        description="leader lease: a standby controller on the same storage takes over when the leader has not "
+                    "renewed it for this long (the leader renews it every tick). null: max(15, 3 x tick_seconds)")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_tick(self) -> "ControllerConfig":
+        if self.lease_seconds is not None and self.lease_seconds < 2 * self.tick_seconds:
+            raise ValueError(f"lease_seconds ({self.lease_seconds:g}) must be at least 2 x tick_seconds "
+                             f"({self.tick_seconds:g}): the leader renews its lease once a tick")
+        return self
+
+    @property
+    def lease_period(self) -> float:
+        """``lease_seconds``, or its default."""
+        return self.lease_seconds if self.lease_seconds is not None else max(15.0, 3 * self.tick_seconds)
 
 
 class Config(_Frozen):

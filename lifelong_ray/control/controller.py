@@ -15,11 +15,12 @@ import os
 
 from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
+from lifelong_ray.control.commands import archive_commands
 from lifelong_ray.control.executor import Executor
 from lifelong_ray.control.observe import Observer
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.decide import Decision, decide, recover
-from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, Action, ControllerState
+from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, Action, ControllerState, Observations
 from lifelong_ray.registry.store import Registry
 from lifelong_ray.storage import Storage
 
@@ -82,6 +83,14 @@ class Controller:
         self._save()
         return True
 
+    def _archive_commands(self, obs: Observations) -> None:
+        """Move the command files this state took in out of the pending folder (after the save)."""
+        keys = [c.key for c in obs.commands] + obs.commands_unarchived
+        try:
+            archive_commands(self.storage, self.cfg.model.name, keys)
+        except Exception:  # noqa: BLE001 - the ledger already stops a replay; the next tick retries
+            log.exception("could not archive %d command files; will retry next tick", len(keys))
+
     def tick(self) -> Decision | None:
         """One observe-decide-persist-act round. None when earlier actions still fail."""
         if self.state.pending_actions and not self._drain():
@@ -92,5 +101,6 @@ class Controller:
         self.audit.append(decision.events, key=f"tick-{decision.state.seq:012d}")
         self.state = decision.state
         self._save()
+        self._archive_commands(obs)
         self._drain()
         return decision

@@ -53,6 +53,8 @@ class EventKind(str, Enum):
     ROLLOUT_ABORTED = "rollout_aborted"          # a candidate stopped before any canary traffic (shadow, approval)
     PROBATION_PASSED = "probation_passed"        # a new champion's late labels held up; the previous one retires
     COMMAND_REJECTED = "command_rejected"        # an operator command that did not apply now, with why
+    LEADER_ACQUIRED = "leader_acquired"          # this controller holds the model's lease and acts (DESIGN §4)
+    LEADER_LOST = "leader_lost"                  # a controller found another one holds the lease; it stands by
 
 
 class Event(BaseModel):

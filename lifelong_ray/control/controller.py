@@ -5,7 +5,9 @@ in-process. The decision is written (events, then state with its pending
 actions) before any action runs; a restart reloads the state and re-applies the
 pending actions, which are idempotent, so each step happens exactly once. A
 failing action is logged and retried on the next tick: the loop never dies
-and the last good version keeps serving.
+and the last good version keeps serving. Only the holder of the model's lease
+(:mod:`lifelong_ray.control.lease`) ticks; every durable write checks it still
+holds it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
 from lifelong_ray.control.commands import archive_commands
 from lifelong_ray.control.executor import Executor
+from lifelong_ray.control.lease import Lease, LeaseLost, default_holder, leader_acquired_event, leader_lost_event
 from lifelong_ray.control.observe import Observer
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.decide import Decision, decide, recover
@@ -51,20 +54,63 @@ def load_state(storage: Storage, model: str) -> ControllerState | None:
 
 
 class Controller:
-    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None, holder: str | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or WallClock()
         self.storage = Storage(cfg.storage.root)
         self.registry = Registry(self.storage, cfg.model.name)
         self.audit = AuditLog(self.storage, cfg.model.name)
-        self.observer = Observer(cfg, self.storage, self.registry)
+        # one leader per model (control/lease.py): a standby observes and writes nothing
+        self.lease = Lease(self.storage, cfg.model.name, holder=holder or default_holder(), clock=self.clock,
+                           seconds=cfg.controller.lease_period)
+        self.observer: Observer | None = None  # built on taking the lease
         self.executor = Executor(cfg, self.storage, self.registry)
+        self.executor.fence = self.lease.hold
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
-        self.state.pending_actions = recover(self.state, cfg)
+        if self.lease.acquire():
+            self._lead()
+
+    @property
+    def role(self) -> str:
+        """``leader`` (holds the model's lease and acts) or ``standby``."""
+        return "leader" if self.lease.held else "standby"
+
+    def _lead(self) -> None:
+        """Just took the lease: start from the state on storage, as after a restart."""
+        self.state = load_state(self.storage, self.cfg.model.name) or ControllerState(model=self.cfg.model.name)
+        self.restored = self.state.seq > 0
+        self.observer = Observer(self.cfg, self.storage, self.registry)
+        self.state.pending_actions = recover(self.state, self.cfg)
+        self.audit.append([leader_acquired_event(self.lease, self.cfg.model.name)],
+                          key=f"leader-{self.lease.generation:012d}")
         self._drain()
 
+    def _lead_or_stand_by(self) -> bool:
+        if self.lease.held:
+            try:
+                self.lease.hold()
+                return True
+            except LeaseLost as lost:
+                self._step_down(lost)
+                return False
+        if self.lease.acquire():
+            self._lead()
+            return True
+        return False
+
+    def _step_down(self, lost: LeaseLost) -> None:
+        log.warning("%s stands by: %s", self.lease.holder, lost)
+        self.observer = None
+        self.audit.append([leader_lost_event(lost, self.lease, self.cfg.model.name)],
+                          key=f"leader-{lost.generation:012d}-lost")
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop): a standby takes over at once."""
+        self.lease.release()
+
     def _save(self) -> None:
+        self.lease.hold()  # fencing: a deposed leader never overwrites the new one's state
         self.storage.write_json(state_path(self.cfg.model.name), self.state.model_dump(mode="json"))
 
     def _drain(self) -> bool:
@@ -92,12 +138,24 @@ class Controller:
             log.exception("could not archive %d command files; will retry next tick", len(keys))
 
     def tick(self) -> Decision | None:
-        """One observe-decide-persist-act round. None when earlier actions still fail."""
+        """One observe-decide-persist-act round. None while standing by (another
+        controller holds the lease) or when earlier actions still fail."""
+        if not self._lead_or_stand_by():
+            return None
+        try:
+            return self._tick()
+        except LeaseLost as lost:
+            self._step_down(lost)
+            return None
+
+    def _tick(self) -> Decision | None:
         if self.state.pending_actions and not self._drain():
             return None
         now = self.clock.now()
+        assert self.observer is not None
         obs = self.observer.observe(self.state, now)
         decision = decide(self.state, obs, self.cfg, now)
+        self.lease.hold()
         self.audit.append(decision.events, key=f"tick-{decision.state.seq:012d}")
         self.state = decision.state
         self._save()

@@ -10,7 +10,7 @@ process and is itself idempotent (its result file and registry lookup by job id)
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from lifelong_ray.config import Config
 from lifelong_ray.policy.model import Action, ActionKind
@@ -27,8 +27,10 @@ class Executor:
         self.storage = storage
         self.registry = registry
         self._jobs: dict[str, Any] = {}  # job_id -> ObjectRef of the running retrain task
+        self.fence: Callable[[], None] = lambda: None  # raises if this controller may no longer write (lease)
 
     def execute(self, action: Action) -> None:
+        self.fence()
         handler = {
             ActionKind.START_RETRAIN: self._start_retrain,
             ActionKind.DEPLOY_VERSION: self._deploy,

@@ -479,7 +479,7 @@ class ServingConfig(_Frozen):
 class ControllerConfig(_Frozen):
     tick_seconds: float = Field(default=1.0, gt=0, description="controller loop period (observe, decide, act)")
     command_skew_seconds: float = Field(
-        default=300.0, ge=0,
+        default=60.0, ge=0,
         description="an operator command written up to this long before the newest one taken in (a writer whose "
                     "clock is behind) is still applied, once; an older one never taken in is refused "
                     "(command_rejected)")

@@ -28,6 +28,7 @@ oldest first; archived ones in ``models/<model>/controller/commands/archive/``.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Collection, Iterable
 
@@ -36,6 +37,8 @@ from lifelong_ray.policy.operator import command_key, is_taken
 from lifelong_ray.storage import Storage
 
 log = logging.getLogger(__name__)
+
+_KEY_RE = re.compile(r"^\d{15}-[0-9A-Za-z_-]{1,64}$")
 
 
 def commands_prefix(model: str) -> str:
@@ -90,15 +93,24 @@ def read_new_commands(storage: Storage, model: str, ledger: CommandLedger,
                       skew_seconds: float) -> tuple[list[OperatorCommand], list[str]]:
     """What the controller sees in one tick: the commands not taken in yet (parsed),
     and the keys that were taken in but whose file is still to be archived (not parsed).
-    Costs one listing of the pending folder, which archiving keeps short."""
+    Costs one listing of the pending folder, which archiving keeps short. A file that
+    is not a command (a foreign name, bad JSON) moves to ``commands/invalid/``."""
     skew_ms = int(skew_seconds * 1000)
     new, unarchived = [], []
     prefix = commands_prefix(model)
     for key in pending_keys(storage, model):
-        if is_taken(ledger, key, skew_ms):
-            unarchived.append(key)
-        else:
+        try:
+            if not _KEY_RE.match(key):
+                raise ValueError("the name is not <15-digit ms timestamp>-<id>.json")
+            if is_taken(ledger, key, skew_ms):
+                unarchived.append(key)
+                continue
             new.append(_read(storage, f"{prefix}/{key}.json", key))
+        except (ValueError, OSError) as err:  # pydantic's ValidationError and bad JSON are ValueErrors
+            if isinstance(err, FileNotFoundError):
+                continue  # archived meanwhile
+            log.error("command file %s/%s.json is not a command (%s): moved to %s/invalid/", prefix, key, err, prefix)
+            storage.move(f"{prefix}/{key}.json", f"{prefix}/invalid/{key}.json")
     return new, unarchived
 
 

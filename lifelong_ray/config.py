@@ -486,7 +486,8 @@ class ControllerConfig(_Frozen):
     lease_seconds: float | None = Field(
         default=None, gt=0,
         description="leader lease: a standby controller on the same storage takes over when the leader has not "
-                    "renewed it for this long (the leader renews it every tick). null: max(15, 3 x tick_seconds)")
+                    "renewed it for this long (the leader renews it as it ticks and writes: make it longer than "
+                    "the longest tick, which deploys versions). null: max(30, 3 x tick_seconds)")
 
     @model_validator(mode="after")
     def _lease_outlasts_a_tick(self) -> "ControllerConfig":
@@ -498,7 +499,7 @@ class ControllerConfig(_Frozen):
     @property
     def lease_period(self) -> float:
         """``lease_seconds``, or its default."""
-        return self.lease_seconds if self.lease_seconds is not None else max(15.0, 3 * self.tick_seconds)
+        return self.lease_seconds if self.lease_seconds is not None else max(30.0, 3 * self.tick_seconds)
 
 
 class Config(_Frozen):

@@ -138,7 +138,7 @@ def test_create_exclusive_never_overwrites(tmp_path):
 
 def test_lease_seconds_must_outlast_two_ticks():
     base = {"model": {"name": "m", "features": [{"name": "x"}], "label": {"name": "y", "classes": [0, 1]}}}
-    assert parse_config(base).controller.lease_period == 15.0
+    assert parse_config(base).controller.lease_period == 30.0
     assert parse_config({**base, "controller": {"tick_seconds": 10}}).controller.lease_period == 30.0
     with pytest.raises(ConfigError, match="lease_seconds"):
         parse_config({**base, "controller": {"tick_seconds": 2, "lease_seconds": 3}})

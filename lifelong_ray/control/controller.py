@@ -68,8 +68,11 @@ class Controller:
         self.executor.fence = self.lease.hold
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
-        if self.lease.acquire():
-            self._lead()
+        try:
+            if self.lease.acquire():
+                self._lead()
+        except LeaseLost as lost:
+            self._step_down(lost)
 
     @property
     def role(self) -> str:
@@ -87,13 +90,10 @@ class Controller:
         self._drain()
 
     def _lead_or_stand_by(self) -> bool:
+        """True if we lead this tick (renewing the lease, or taking it over)."""
         if self.lease.held:
-            try:
-                self.lease.hold()
-                return True
-            except LeaseLost as lost:
-                self._step_down(lost)
-                return False
+            self.lease.hold()
+            return True
         if self.lease.acquire():
             self._lead()
             return True
@@ -140,9 +140,9 @@ class Controller:
     def tick(self) -> Decision | None:
         """One observe-decide-persist-act round. None while standing by (another
         controller holds the lease) or when earlier actions still fail."""
-        if not self._lead_or_stand_by():
-            return None
         try:
+            if not self._lead_or_stand_by():
+                return None
             return self._tick()
         except LeaseLost as lost:
             self._step_down(lost)

@@ -53,8 +53,13 @@ from lifelong_ray.storage import Storage
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(RuntimeError):
-    """This controller's lease generation is no longer the current one: it must not write."""
+class LeaseLost(BaseException):
+    """This controller's lease generation is no longer the current one: it must not write.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` on the way
+    (an action's retry, a subsystem's error handling) may take it for a failure and
+    go on writing; :meth:`Controller.tick <lifelong_ray.control.controller.Controller.tick>`
+    catches it and stands by."""
 
     def __init__(self, message: str, generation: int = 0) -> None:
         super().__init__(message)

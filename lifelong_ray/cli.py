@@ -303,15 +303,45 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     from lifelong_ray.control.actor import stop_controller
 
+    import ray
+
     _connect()
-    models = list(_controllers())
+    ctrls = _controllers()
+    models = list(ctrls)
+    ports = set()
+    for h in ctrls.values():
+        try:
+            ports.add(int(ray.get(h.config.remote(), timeout=15)["serving"]["port"]))
+        except Exception:  # noqa: BLE001 - a controller that does not answer is stopped all the same
+            pass
     for m in models:
         stop_controller(m)
     serve.shutdown()
+    # Serve's HTTP proxy listens with SO_REUSEPORT: one still exiting would share the port with the
+    # proxy of a following `up` and answer part of its requests with 404s. Return once it is gone.
+    for port in sorted(ports):
+        if not _wait_port_closed(port):
+            print(f"warning: something still listens on port {port} after Serve shut down", file=sys.stderr)
     print(f"lifelong down: stopped {models or 'nothing'} and Serve")
     if args.stop_ray:
         subprocess.run([_ray_cli(), "stop"], check=False)
     return 0
+
+
+def _wait_port_closed(port: int, timeout_s: float = 60.0) -> bool:
+    """Wait until nothing accepts connections on 127.0.0.1:``port``."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:

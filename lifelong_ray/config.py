@@ -478,6 +478,14 @@ class ServingConfig(_Frozen):
 
 class ControllerConfig(_Frozen):
     tick_seconds: float = Field(default=1.0, gt=0, description="controller loop period (observe, decide, act)")
+    action_retries: int = Field(
+        default=3, ge=0,
+        description="retries of a failing action (deploy, routing, alias, retrain start) before it is abandoned "
+                    "with an `action_failed` event and the policy reacts (a candidate is rolled back)")
+    action_backoff_seconds: float = Field(
+        default=2.0, ge=0,
+        description="wait before the first retry of a failing action; doubles per retry (2, 4, 8 s: abandoned "
+                    "about 14 s after the first failure by default)")
 
 
 class Config(_Frozen):

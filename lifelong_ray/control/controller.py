@@ -4,8 +4,10 @@ Plain Python so it can run in a Ray actor (:mod:`lifelong_ray.control.actor`) or
 in-process. The decision is written (events, then state with its pending
 actions) before any action runs; a restart reloads the state and re-applies the
 pending actions, which are idempotent, so each step happens exactly once. A
-failing action is logged and retried on the next tick: the loop never dies
-and the last good version keeps serving.
+failing action is retried with backoff and finally abandoned
+(:mod:`lifelong_ray.control.retry`); the policy is told on the next tick and
+reacts. Observe and decide run on every tick regardless: the loop never dies or
+stalls, and the last good version keeps serving.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
 from lifelong_ray.control.executor import Executor
 from lifelong_ray.control.observe import Observer
+from lifelong_ray.control.retry import Retries
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.decide import Decision, decide, recover
 from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, Action, ControllerState
 from lifelong_ray.registry.store import Registry
+from lifelong_ray.serving.routing import read_routing
 from lifelong_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ class Controller:
         self.audit = AuditLog(self.storage, cfg.model.name)
         self.observer = Observer(cfg, self.storage, self.registry)
         self.executor = Executor(cfg, self.storage, self.registry)
+        self.retries = Retries(cfg.controller.action_retries, cfg.controller.action_backoff_seconds)
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
         self.state.pending_actions = recover(self.state, cfg)
@@ -66,31 +71,49 @@ class Controller:
     def _save(self) -> None:
         self.storage.write_json(state_path(self.cfg.model.name), self.state.model_dump(mode="json"))
 
-    def _drain(self) -> bool:
-        """Run the pending actions in order; stop at the first failure. True if all ran."""
+    def _drain(self, now: float | None = None) -> bool:
+        """Run the pending actions in order. A failing one is retried after its backoff
+        (the ones behind it wait), then abandoned with those that depend on it; both stay
+        queued until the policy has taken the failure in. True if none is left."""
         if not self.state.pending_actions:
             return True  # nothing ran: the state on storage is already this one
-        while self.state.pending_actions:
-            action: Action = self.state.pending_actions[0]
+        queue, done = list(self.state.pending_actions), set()
+        for i, action in enumerate(queue):
+            if self.retries.dropped(action):
+                continue
+            if self.retries.waiting(action) is not None:
+                now = self.clock.now() if now is None else now
+                if not self.retries.ready(action, now):
+                    break
             try:
                 self.executor.execute(action)
-            except Exception:  # noqa: BLE001 - one failing subsystem must not kill the loop
-                log.exception("action %s failed; will retry next tick", action.kind.value)
-                self._save()
-                return False
-            self.state.pending_actions = self.state.pending_actions[1:]
+            except Exception as e:  # noqa: BLE001 - one failing subsystem must not kill the loop
+                now = self.clock.now() if now is None else now
+                if self.retries.failed(action, e, now, queue):
+                    log.exception("action %s failed; abandoned after its retries", action.kind.value)
+                    continue
+                attempts, at = self.retries.waiting(action) or (0, now)
+                log.warning("action %s failed (attempt %d: %s); retrying at t=%.1f",
+                            action.kind.value, attempts, e, at)
+                break
+            self.retries.succeeded(action)
+            done.add(i)
+        self.state.pending_actions = [a for i, a in enumerate(queue) if i not in done]
         self._save()
-        return True
+        return not self.state.pending_actions
 
-    def tick(self) -> Decision | None:
-        """One observe-decide-persist-act round. None when earlier actions still fail."""
-        if self.state.pending_actions and not self._drain():
-            return None
+    def tick(self) -> Decision:
+        """One observe-decide-persist-act round; it runs even while an action fails."""
         now = self.clock.now()
+        self._drain(now)
         obs = self.observer.observe(self.state, now)
+        obs.failed_actions = self.retries.take_abandoned()
+        if obs.failed_actions:
+            obs.serving_weights = dict(read_routing(self.storage, self.cfg.model.name).weights)
         decision = decide(self.state, obs, self.cfg, now)
         self.audit.append(decision.events, key=f"tick-{decision.state.seq:012d}")
+        decision.state.pending_actions = self.retries.forget_dropped(self.state.pending_actions) + decision.actions
         self.state = decision.state
         self._save()
-        self._drain()
+        self._drain(now)
         return decision

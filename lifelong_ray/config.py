@@ -252,6 +252,10 @@ class TrainingConfig(_Frozen):
                     "drift-triggered version")
     tune: TuneConfig = Field(default_factory=TuneConfig,
                              description="Ray Tune search at each full retrain (off by default)")
+    timeout_seconds: float | None = Field(
+        default=3600.0, gt=0,
+        description="a retrain job running longer than this is cancelled and ends as `retrain_failed` (the next "
+                    "one may start); null: no limit")
 
 
 class DriftConfig(_Frozen):
@@ -314,6 +318,18 @@ class RolloutConfig(_Frozen):
                                   description="canary or probation request error rate above this fails")
     retire_grace_seconds: float = Field(default=3.0, ge=0,
                                         description="a version without traffic is undeployed after this long")
+    step_timeout_seconds: float | None = Field(
+        default=21600.0, gt=0,
+        description="a shadow, canary step or probation without a verdict this long after it began (too few "
+                    "compared answers, labels or seconds) is rolled back, with the missing evidence as the reason; "
+                    "not while paused or awaiting approval; null: hold until the evidence arrives")
+
+    @model_validator(mode="after")
+    def _deadline_after_minimum(self) -> "RolloutConfig":
+        if self.step_timeout_seconds is not None and self.step_timeout_seconds <= self.min_seconds_per_step:
+            raise ValueError(f"step_timeout_seconds ({self.step_timeout_seconds:g}) must exceed min_seconds_per_step"
+                             f" ({self.min_seconds_per_step:g}): every canary step would time out")
+        return self
 
     @field_validator("canary_steps", "urgent_canary_steps")
     @classmethod

@@ -382,7 +382,10 @@ class SLOConfig(_Frozen):
 class QuotaConfig(_Frozen):
     """Compute quotas for retraining; a blocked retrain waits in an impact-ordered queue."""
 
-    max_concurrent_retrains: int = Field(default=1, ge=1, description="retrain jobs running at once")
+    max_concurrent_retrains: int = Field(
+        default=1, ge=1,
+        description="retrain jobs running at once across the models sharing this storage root (one model runs "
+                    "at most one); a pending retrain waits while this many run")
     max_retrains_per_hour: int = Field(default=6, ge=0, description="full retrains started per rolling hour")
     cpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training CPU-seconds per 24 h")
     gpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training GPU-seconds per 24 h")

@@ -18,11 +18,13 @@ import os
 from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
 from lifelong_ray.control.executor import Executor
+from lifelong_ray.control.jobs import running_retrains
 from lifelong_ray.control.observe import Observer
 from lifelong_ray.control.retry import Retries
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.decide import Decision, decide, recover
-from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, Action, ControllerState
+from lifelong_ray.policy.lifecycle import RetrainStage
+from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, ControllerState, Observations
 from lifelong_ray.registry.store import Registry
 from lifelong_ray.serving.routing import read_routing
 from lifelong_ray.storage import Storage
@@ -102,14 +104,25 @@ class Controller:
         self._save()
         return not self.state.pending_actions
 
-    def tick(self) -> Decision:
-        """One observe-decide-persist-act round; it runs even while an action fails."""
-        now = self.clock.now()
-        self._drain(now)
+    def _observe(self, now: float) -> Observations:
+        """The observer's view plus what only this process knows (abandoned actions, a
+        retrain task that died) and, while a retrain waits, the other models' running ones."""
         obs = self.observer.observe(self.state, now)
         obs.failed_actions = self.retries.take_abandoned()
         if obs.failed_actions:
             obs.serving_weights = dict(read_routing(self.storage, self.cfg.model.name).weights)
+        job = self.state.retrain_job_id
+        if self.state.retrain == RetrainStage.RUNNING and job and obs.retrain_outcome is None:
+            obs.retrain_outcome = self.executor.retrain_failure(job)
+        if self.state.retrain == RetrainStage.PENDING:
+            obs.retrains_running = running_retrains(self.storage, exclude=self.cfg.model.name)
+        return obs
+
+    def tick(self) -> Decision:
+        """One observe-decide-persist-act round; it runs even while an action fails."""
+        now = self.clock.now()
+        self._drain(now)
+        obs = self._observe(now)
         decision = decide(self.state, obs, self.cfg, now)
         self.audit.append(decision.events, key=f"tick-{decision.state.seq:012d}")
         decision.state.pending_actions = self.retries.forget_dropped(self.state.pending_actions) + decision.actions

@@ -9,8 +9,9 @@ paused (an operator is looking at it). ``null`` turns it off (a step then holds
 until its evidence arrives).
 
 **Retrain deadline** (``training.timeout_seconds``): :func:`retrain_overdue` says whether
-the running job has run too long; the executor cancels it and it ends as a failed
-retrain (``retrain_failed``) so the next one can start.
+the running job has run too long; :func:`enforce_retrain_deadline` then ends it as a
+failed retrain (``retrain_failed``, so the next one can start) and asks the executor to
+cancel the job (a ``cancel_retrain`` action).
 
 A canary at 10% that got no labels in an hour:
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from lifelong_ray.config import Config
 from lifelong_ray.policy.lifecycle import RetrainStage, RolloutStage
-from lifelong_ray.policy.model import ControllerState, Observations, ShadowStats, VersionStats
+from lifelong_ray.policy.model import ActionKind, ControllerState, Observations, RetrainOutcome, ShadowStats, VersionStats
 from lifelong_ray.policy.rollout import canary_steps, revert_champion, rollback
 from lifelong_ray.policy.tick import Tick
 
@@ -102,3 +103,18 @@ def retrain_overdue(s: ControllerState, cfg: Config, now: float) -> str | None:
     if ran < timeout:
         return None
     return f"job {s.retrain_job_id} ran {ran:.0f}s, past training.timeout_seconds {timeout:g}s: cancelled"
+
+
+def enforce_retrain_deadline(tick: Tick, obs: Observations) -> Observations:
+    """The observations with an overdue running job turned into a failed outcome (and
+    its cancellation queued); unchanged when the job reported or is within its time."""
+    s = tick.s
+    if obs.retrain_outcome is not None and obs.retrain_outcome.job_id == s.retrain_job_id:
+        return obs
+    why = retrain_overdue(s, tick.cfg, tick.now)
+    if why is None:
+        return obs
+    assert s.retrain_job_id is not None
+    tick.act(ActionKind.CANCEL_RETRAIN, job_id=s.retrain_job_id)
+    return obs.model_copy(update={"retrain_outcome": RetrainOutcome(job_id=s.retrain_job_id, status="failed",
+                                                                    error=why)})

@@ -27,6 +27,7 @@ class ActionKind(str, Enum):
     SET_ALIAS = "set_alias"            # registry alias `alias` -> `version` (None removes)
     SET_ROUTING = "set_routing"        # write routing table `weights`, generation `generation`
     RETIRE_VERSION = "retire_version"  # stop serving `version`
+    CANCEL_RETRAIN = "cancel_retrain"  # stop retrain job `job_id` (past training.timeout_seconds)
 
 
 class CommandKind(str, Enum):
@@ -255,3 +256,6 @@ class Observations(BaseModel):
     budget: BudgetStatus | None = None  # SLO error budgets (WindowTracker.budget); None: not measured
     failed_actions: list[FailedAction] = Field(default_factory=list)  # abandoned since the last tick
     serving_weights: dict[str, float] | None = None  # the routing table last written (None: not known)
+    # retrain jobs running now for other models on the same storage root (quota.max_concurrent_retrains);
+    # counted only while this model's retrain is pending
+    retrains_running: int = Field(default=0, ge=0)

@@ -39,6 +39,9 @@ class FakeExecutor:
             raise RuntimeError(f"artifact of {a.version}: weights.safetensors fails its sha256 check")
         self.ran.append(a)
 
+    def retrain_failure(self, job_id: str):
+        return None
+
 
 def _cfg(root: str, **controller):
     return parse_config({

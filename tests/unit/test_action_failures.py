@@ -211,3 +211,29 @@ def test_other_abandoned_actions_are_reported_only():
     d = decide(st, Observations(failed_actions=[_failed(ActionKind.RETIRE_VERSION, version="v0000")]), CFG, 50.0)
     assert [e.kind for e in d.events] == [EventKind.ACTION_FAILED] and d.actions == []
     assert d.state.champion == "v0001"
+
+
+def test_an_operator_rollback_to_a_champion_that_cannot_be_redeployed_keeps_the_serving_one(tmp_path):
+    from lifelong_ray.serving.routing import RoutingTable, read_routing, write_routing
+
+    cfg = _cfg(str(tmp_path), action_retries=0)
+    storage = Storage(cfg.storage.root)
+    write_routing(storage, RoutingTable(model="m", generation=4, weights={"v0002": 100.0}, champion="v0002"))
+    state = ControllerState(model="m", seq=9, champion="v0002", previous_champion="v0001",
+                            weights={"v0002": 100.0}, routing_generation=4)
+    storage.write_json(ctl.state_path("m"), state.model_dump(mode="json"))
+    clock = ManualClock(100.0)
+    c = ctl.Controller(cfg, clock=clock)
+    c.executor = FakeExecutor(broken="v0001")  # the old champion's artifact no longer loads
+    submit_command(storage, "m", "rollback", who="ana", why="v0002 looks off", now=99.0)
+    c.tick()  # the rollback: deploy v0001 fails once and is abandoned (no retries configured)
+    assert read_routing(storage, "m").weights == {"v0002": 100.0}  # never routed to v0001
+    clock.t = 101.0
+    c.tick()
+    kinds = _kinds(storage)
+    assert EventKind.ROLLED_BACK in kinds and EventKind.ACTION_FAILED in kinds
+    (alert,) = [e for e in AuditLog(storage, "m").read() if e.kind == EventKind.CHAMPION_UNAVAILABLE]
+    assert alert.version == "v0001" and "v0002, the version still serving, stays champion" in alert.reason
+    assert c.state.champion == "v0002" and c.state.weights == {"v0002": 100.0}
+    table = read_routing(storage, "m")
+    assert table.weights == {"v0002": 100.0} and table.champion == "v0002"

@@ -59,6 +59,21 @@ def resolve_token(env_name: str, token_file: str | None, environ: Mapping[str, s
     return token or None
 
 
+def admin_disabled_message(model: str, env_name: str | None, err: Exception | None) -> str:
+    """What a 403 of a model without an admin token says: why, and how to configure one.
+
+    >>> msg = admin_disabled_message("iris", "LIFELONG_ADMIN_TOKEN", None)
+    >>> msg.startswith("admin API disabled: no admin token is configured for model 'iris'"), "$LIFELONG_ADMIN_TOKEN" in msg
+    (True, True)
+    """
+    why = f"the token file is unusable ({err})" if err is not None else \
+        f"no admin token is configured for model {model!r}"
+    env = f"${env_name}" if env_name else "the variable named by serving.admin_token_env"
+    return (f"admin API disabled: {why}; set serving.admin_token_file to a file holding the token, or export "
+            f"{env} (e.g. `export {env_name or 'LIFELONG_ADMIN_TOKEN'}=$(openssl rand -hex 32)`) before "
+            "`lifelong up` deploys the ingress, then send Authorization: Bearer <token>")
+
+
 def check_bearer(authorization: str | None, token: str | None) -> Auth:
     """Check an ``Authorization`` header against ``token`` in constant time."""
     if token is None:

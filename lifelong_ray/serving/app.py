@@ -81,6 +81,7 @@ from lifelong_ray.serving.admin import (
     ApproveRequest,
     Auth,
     CommandAccepted,
+    admin_disabled_message,
     check_bearer,
     resolve_token,
 )
@@ -346,14 +347,16 @@ def _admin_auth(request: Request, model: str,
     """FastAPI dependency of every admin route; runs before the body is validated."""
     kind = request.url.path.rsplit(":", 1)[-1]
     label = _model_label(model)
-    if model not in _ADMIN_TOKENS:
-        return  # unknown model: the route answers 404
-    auth = check_bearer(authorization, _ADMIN_TOKENS[model])
+    if model not in _SERVED:
+        return  # unknown model: the route answers 404 (no command is written)
+    # fail closed: a served model whose token was never resolved is treated as having none
+    auth = check_bearer(authorization, _ADMIN_TOKENS.get(model))
     if auth == Auth.OK:
         return
     if auth == Auth.DISABLED:
         M.ADMIN_COMMANDS.labels(model=label, kind=kind, result="disabled").inc()
-        raise _ApiError(403, _ADMIN_DISABLED.get(model, "admin API disabled"))
+        raise _ApiError(403, _ADMIN_DISABLED.get(model) or admin_disabled_message(model, None, None), [_violation(
+            None, "authorization", "no_token_configured", "no admin token is configured for this model")])
     M.ADMIN_COMMANDS.labels(model=label, kind=kind, result="unauthorized").inc()
     challenge = 'Bearer realm="lifelong"' + (', error="invalid_token"' if auth == Auth.INVALID else "")
     raise _ApiError(401, _AUTH_ERRORS[auth], [_violation(None, "authorization", auth.value, _AUTH_ERRORS[auth])],
@@ -538,10 +541,10 @@ def _publish(cfg: Config) -> None:
     _BODY_LIMITS[name] = cfg.serving.max_body_bytes
     try:
         _ADMIN_TOKENS[name] = resolve_token(env, cfg.serving.admin_token_file, os.environ)
-        _ADMIN_DISABLED[name] = f"admin API disabled: set ${env} when deploying the ingress, or serving.admin_token_file"
+        _ADMIN_DISABLED[name] = admin_disabled_message(name, env, None)
     except AdminTokenError as err:
         logger.error("admin API of %s disabled: %s", name, err)
-        _ADMIN_TOKENS[name], _ADMIN_DISABLED[name] = None, f"admin API disabled: {err}"
+        _ADMIN_TOKENS[name], _ADMIN_DISABLED[name] = None, admin_disabled_message(name, env, err)
 
 
 def apply_switch_interval(cfgs: list[Config]) -> float:

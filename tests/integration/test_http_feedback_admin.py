@@ -399,7 +399,9 @@ def test_admin_without_the_right_token_is_401_and_changes_nothing(app, token):
 def test_admin_disabled_without_a_token_is_403(app):
     r = _admin(app, "rollback", {"why": "x"}, model=OTHER)
     assert r.status_code == 403, r.text
-    assert r.json()["error"].startswith(f"admin API disabled: set ${NO_TOKEN_ENV}")
+    error = r.json()["error"]
+    assert error.startswith(f"admin API disabled: no admin token is configured for model {OTHER!r}"), error
+    assert f"${NO_TOKEN_ENV}" in error and "serving.admin_token_file" in error  # says how to configure one
     assert _commands(app, OTHER) == []
 
 

@@ -93,8 +93,9 @@ class AdminRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"why": "canary p95 doubled after the deploy", "who": "ana"}]})
 
-    why: str | None = Field(default=None, description="required, non-empty: recorded in the audit log")
-    who: str | None = Field(default=None, max_length=200, description='the operator; default "http"')
+    why: str | None = Field(default=None, description="required, non-empty: recorded in the audit log "
+                                                      "(at most serving.max_why_chars)")
+    who: str | None = Field(default=None, description='the operator; default "http" (at most serving.max_who_chars)')
 
 
 class ApproveRequest(AdminRequest):

@@ -85,9 +85,10 @@ from lifelong_ray.serving.admin import (
     check_bearer,
     resolve_token,
 )
-from lifelong_ray.serving.bodylimit import BodyLimit
+from lifelong_ray.serving.bodylimit import BodyLimit, check_length
 from lifelong_ray.serving.faults import NO_FAULT, FaultSpec, draw_fault, read_faults
-from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, check_items
+from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, Rejected, RejectCode, check_items
+from lifelong_ray.serving.feedback_guard import LiveLabelGuard
 from lifelong_ray.serving.local import LocalVersions
 from lifelong_ray.serving.routing import RoutingTable, choose_version, read_routing, should_shadow
 from lifelong_ray.storage import Storage
@@ -133,7 +134,8 @@ class PredictRequest(BaseModel):
     instances: list[dict[str, Any]] = Field(
         description="rows of feature: value; every feature of the model, nothing else")
     key: str | None = Field(
-        default=None, description="optional routing key: requests with the same key reach the same version")
+        default=None, description="optional routing key: requests with the same key reach the same version "
+                                  "(at most serving.max_key_chars characters, else 422)")
 
 
 class PredictResponse(BaseModel):
@@ -155,7 +157,7 @@ class FeedbackRequest(BaseModel):
 class Rejection(BaseModel):
     request_id: str | None
     code: str = Field(description="reason code: unexpected, missing, format, label_domain, "
-                                  "unknown_request_id, expired, duplicate")
+                                  "unknown_request_id, expired, duplicate, quarantined")
     reason: str = Field(description="the field, the code and what was wrong, in words")
 
 
@@ -440,6 +442,7 @@ class _Model:
         self.answers = AnswerLog(self.logs, self.schema, segments=cfg.data.log_segments,
                                  seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
         self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
+        self.live_guard = LiveLabelGuard(cfg, self.storage, capacity=index_capacity)
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
         self.faults: FaultSpec | None = None
@@ -728,6 +731,7 @@ class Ingress:
                                          alone=self._inflight <= 1)
         if not shadow and error is None:
             m.book.served_now(None if m.answers.segmented else path, request_ids, t)
+            m.live_guard.served_now(request_ids, labels or ())
 
     async def _log_failure(self, m: _Model, version: str, err: BaseException, **kw: Any) -> str:
         M.VERSION_ERRORS.labels(model=m.name, version=version, kind=_error_kind(err)).inc()
@@ -786,6 +790,10 @@ class Ingress:
             M.REJECTED.labels(model=model, rule="max_items").inc()
             raise _ApiError(422, "invalid instances", [_violation(
                 None, "instances", "max_items", f"instances holds {n} rows; at most {limit} per request")])
+        too_long = check_length("key", body.key, m.cfg.serving.max_key_chars, "serving.max_key_chars")
+        if too_long:
+            M.REJECTED.labels(model=model, rule="max_length").inc()
+            raise _ApiError(422, "invalid request", [too_long])
         cols, violations = m.schema.validate_records(body.instances)
         if violations:
             M.REJECTED.labels(model=model, rule=violations[0].rule.value).inc()
@@ -845,7 +853,11 @@ class Ingress:
         except Exception as err:  # noqa: BLE001 - e.g. the logs are unreadable: retry later, nothing taken
             logger.exception("feedback check failed for %s", model)
             raise _ApiError(503, f"could not check the labels against the logs: {type(err).__name__}: {err}") from None
-        rejected = sorted([*rejected, *more], key=lambda r: r.index)
+        rejected = [*rejected, *more]
+        if accepted:
+            accepted, held = await self._guard_labels(m, accepted, now)
+            rejected += held
+        rejected = sorted(rejected, key=lambda r: r.index)
         if accepted:
             ids, labels = [c.request_id for c in accepted], [c.label for c in accepted]
             write = asyncio.ensure_future(m.feedback_log.append(lambda t: feedback_rows(ids, labels, t), len(ids),
@@ -867,6 +879,25 @@ class Ingress:
             M.FEEDBACK.labels(model=model, outcome="rejected", reason=r.code.value).inc()
         return {"accepted": len(accepted), "rejected": [r.to_json() for r in rejected]}
 
+    @staticmethod
+    async def _guard_labels(m: _Model, accepted: list, now: float) -> tuple[list, list[Rejected]]:
+        """The live label guard (serving/feedback_guard.py): labels of a collapsing stream
+        go to the quarantine store, durably, instead of the feedback log."""
+        await m.live_guard.ensure_prior(m.table.champion)
+        accepted, held, verdict = m.live_guard.judge(accepted)
+        if not held:
+            return accepted, []
+        try:
+            entry = await asyncio.to_thread(m.live_guard.quarantine, held, verdict, now)
+        except Exception as err:  # noqa: BLE001 - never a 2xx for labels that are not durable anywhere
+            logger.exception("could not quarantine feedback of %s", m.name)
+            raise _ApiError(503, f"could not persist the labels: {type(err).__name__}: {err}") from None
+        finally:
+            m.book.settle(held, None, now)  # not labeled: a release (or a later label) may take the id
+        why = f"quarantined as {entry.id} ({m.live_guard.message(verdict)})"
+        return accepted, [Rejected(c.index, c.request_id, RejectCode.QUARANTINED, f"labels[{c.index}].label: {why}")
+                          for c in held]
+
     @api.get("/v1/models/{model}/label-requests", response_model=LabelRequests,
              responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def label_requests(self, model: str, budget: int = Query(
@@ -885,6 +916,14 @@ class Ingress:
         if not why:
             raise _invalid_admin(model, kind.value, "why", "missing", "required, a non-empty reason (it goes to the "
                                                                       "audit log)")
+        limits = m.cfg.serving
+        for field, value, limit, setting in (("why", why, limits.max_why_chars, "serving.max_why_chars"),
+                                             ("who", body.who if body else None, limits.max_who_chars,
+                                              "serving.max_who_chars")):
+            too_long = check_length(field, value, limit, setting)
+            if too_long:
+                M.ADMIN_COMMANDS.labels(model=model, kind=kind.value, result="invalid").inc()
+                raise _ApiError(422, "invalid request", [too_long])
         who = (body.who or "").strip() or "http"
         try:
             cmd = await asyncio.to_thread(submit_command, m.storage, m.name, kind, version=version, who=who,

@@ -80,6 +80,7 @@ class RejectCode(str, Enum):
     UNKNOWN_REQUEST = "unknown_request_id"  # not served by this model within the horizon
     EXPIRED = "expired"                  # served longer ago than data.label_horizon_seconds
     DUPLICATE = "duplicate"              # the request already has a label (the first one counts)
+    QUARANTINED = "quarantined"          # the live label guard diverted it to the quarantine store
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,6 @@ from lifelong_ray.data.answers import AnswerLog
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, feedback_rows
 from lifelong_ray.data.segments import seal_orphans
 from lifelong_ray.data.schema import Schema
-from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.model import CommandKind
 from lifelong_ray.serving import metrics as M
 from lifelong_ray.serving import active
@@ -90,6 +89,7 @@ from lifelong_ray.serving.faults import NO_FAULT, FaultSpec, draw_fault, read_fa
 from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, Rejected, RejectCode, check_items
 from lifelong_ray.serving.feedback_guard import LiveLabelGuard
 from lifelong_ray.serving.local import LocalVersions
+from lifelong_ray.serving.reads import MAX_SHOWN_VERSIONS, TTLCache, event_tail, shown_versions
 from lifelong_ray.serving.routing import RoutingTable, choose_version, read_routing, should_shadow
 from lifelong_ray.storage import Storage
 
@@ -443,6 +443,9 @@ class _Model:
                                  seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
         self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
         self.live_guard = LiveLabelGuard(cfg, self.storage, capacity=index_capacity)
+        #: status and label-request snapshots, a second old at most (serving/reads.py)
+        self.snapshots = TTLCache()
+        self._registry: Any = None
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
         self.faults: FaultSpec | None = None
@@ -453,6 +456,14 @@ class _Model:
             from lifelong_ray.registry.store import Registry
 
             self.local = LocalVersions(Registry(self.storage, self.name).load)
+
+    def registry(self) -> Any:
+        """This model's registry, kept: version metadata is immutable and cached in it."""
+        if self._registry is None:
+            from lifelong_ray.registry.store import Registry
+
+            self._registry = Registry(self.storage, self.name)
+        return self._registry
 
     async def adopt(self, table: RoutingTable) -> None:
         """Switch to ``table``; in ingress placement, load the versions it names first (and
@@ -597,6 +608,7 @@ class Ingress:
             except Exception:  # noqa: BLE001 - keep serving; the poller retries
                 logger.exception("could not read the routing table or faults of %s", m.name)
         self._rng = random.Random()
+        self._snapshots = TTLCache()  # the /ui page's data
         self._background: set[asyncio.Task] = set()
         periods = [m.cfg.serving.routing_poll_seconds for m in self._models.values()] or [1.0]
         self._poll_period = min(periods)
@@ -904,7 +916,9 @@ class Ingress:
             default=10, ge=1, le=MAX_LABEL_BUDGET, description="how many request ids to return at most")) -> Any:
         """Served, unlabeled, unexpired requests whose labels would help most (see serving/active.py)."""
         m = self._model(model)
-        out = await asyncio.to_thread(active.label_requests, m.cfg, budget, now=time.time(), storage=m.storage)
+        # a snapshot per budget, fresh after this replica takes labels (their ids leave the pool)
+        out = await m.snapshots.get_or_compute(("label-requests", budget, m.book.settles), lambda: asyncio.to_thread(
+            active.label_requests, m.cfg, budget, now=time.time(), storage=m.storage))
         M.LABEL_REQUESTS.labels(model=model).inc(len(out.items))
         return JSONResponse(_json_safe(out.model_dump(mode="json")))
 
@@ -984,10 +998,13 @@ class Ingress:
     @api.get("/v1/models/{model}", response_model=ModelStatus, responses={404: {"model": ErrorResponse}})
     async def model_status(self, model: str) -> Any:
         m = self._model(model)
-        status = await asyncio.to_thread(self._status, m)
-        return JSONResponse(_json_safe(status))
+        status = await m.snapshots.get_or_compute(
+            ("status", m.table.generation), lambda: asyncio.to_thread(lambda: _json_safe(self._status(m))))
+        return JSONResponse(status)
 
     def _status(self, m: _Model) -> dict[str, Any]:
+        """The status document: bounded reads only (the newest versions plus those routed
+        or aliased, the audit log's tail), served from a snapshot for SNAPSHOT_TTL_S."""
         features = []
         for f in m.cfg.model.features:
             d: dict[str, Any] = {"name": f.name, "dtype": f.dtype, "nullable": f.nullable}
@@ -1008,17 +1025,22 @@ class Ingress:
             "last_events": [],
         }
         try:
-            from lifelong_ray.registry.store import Registry
-
-            reg = Registry(m.storage, m.name)
-            for item in reg.list_versions():
-                v = item.get("version") if isinstance(item, dict) else str(item)
+            reg = m.registry()
+            aliases = dict(reg.aliases())
+            versions = reg.list_versions()
+            keep = {*aliases.values(), *m.table.weights, *(v for v in (m.table.champion, m.table.shadow) if v)}
+            shown = shown_versions(versions, keep)
+            if len(shown) < len(versions):
+                out["versions_total"] = len(versions)
+                out["versions_note"] = (f"{len(shown)} of {len(versions)} versions shown: the newest "
+                                        f"{MAX_SHOWN_VERSIONS} and those routed or aliased")
+            for v in shown:
                 try:
-                    md = reg.metadata(v)
+                    md = reg.metadata(v)  # versions are immutable: the registry caches it
                 except Exception as err:  # noqa: BLE001
                     md = {"error": f"metadata unreadable: {err}"}
                 out["versions"].append({"version": v, **_metadata_summary(md)})
-            out["aliases"] = dict(reg.aliases())
+            out["aliases"] = aliases
         except Exception as err:  # noqa: BLE001 - status must answer even with a broken registry
             out["registry_error"] = f"{type(err).__name__}: {err}"
         try:
@@ -1028,7 +1050,7 @@ class Ingress:
         except Exception as err:  # noqa: BLE001
             out["controller_error"] = f"{type(err).__name__}: {err}"
         try:
-            out["last_events"] = [e.to_json() for e in AuditLog(m.storage, m.name).read()[-10:]]
+            out["last_events"] = [e.to_json() for e in event_tail(m.storage, m.name, 10)]
         except Exception as err:  # noqa: BLE001
             out["events_error"] = f"{type(err).__name__}: {err}"
         return out
@@ -1042,7 +1064,9 @@ class Ingress:
         from lifelong_ray.serving import ui
 
         models = list(self._models.values())
-        views = await asyncio.to_thread(lambda: [ui.gather(m.storage, m.cfg, m.table) for m in models])
+        key = ("ui", tuple(m.table.generation for m in models))
+        views = await self._snapshots.get_or_compute(key, lambda: asyncio.to_thread(
+            lambda: [ui.gather(m.storage, m.cfg, m.table, registry=m.registry()) for m in models]))
         return HTMLResponse(ui.render_page(views, now=time.time()), headers=ui.SECURITY_HEADERS)
 
     @api.get("/healthz")

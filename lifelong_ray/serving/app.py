@@ -349,9 +349,11 @@ def _admin_auth(request: Request, model: str,
     """FastAPI dependency of every admin route; runs before the body is validated."""
     kind = request.url.path.rsplit(":", 1)[-1]
     label = _model_label(model)
-    if model not in _SERVED:
-        return  # unknown model: the route answers 404 (no command is written)
-    # fail closed: a served model whose token was never resolved is treated as having none
+    if model not in _SERVED:  # fail closed: nothing passes without a published token
+        M.REJECTED.labels(model=label, rule="unknown_model").inc()
+        raise _ApiError(404, f"unknown model {model!r}; served models: {sorted(_SERVED)}", [
+            _violation(None, "model", "unknown_model", f"model {model!r} is not served here")])
+    # a served model whose token was never resolved is treated as having none
     auth = check_bearer(authorization, _ADMIN_TOKENS.get(model))
     if auth == Auth.OK:
         return

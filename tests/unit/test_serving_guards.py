@@ -121,8 +121,10 @@ def test_admin_auth_fails_closed_for_a_served_model_without_a_resolved_token(mon
     assert "no admin token is configured for model 'm'" in err.value.error
     assert "serving.admin_token_file" in err.value.error and "$" in err.value.error
     assert err.value.violations[0]["rule"] == "no_token_configured"
-    # an unknown model passes to the route, which answers 404 without writing anything
-    assert app._admin_auth(_admin_request("other"), "other", authorization=None) is None
+    # a model the hooks do not know is 404 before any route code runs
+    with pytest.raises(app._ApiError) as err:
+        app._admin_auth(_admin_request("other"), "other", authorization="Bearer anything")
+    assert err.value.status == 404 and err.value.violations[0]["rule"] == "unknown_model"
 
 
 def test_admin_auth_without_a_token_configured_is_403_and_with_one_checks_it(monkeypatch):

@@ -180,6 +180,16 @@ def test_status_reads_are_bounded_as_versions_and_events_grow(tmp_path):
     assert len(fs.opened) - first <= 2 * 10 + 5          # version metadata is cached: events and state only
     m.answers.close()
 
+    from lifelong_ray.serving import ui
+
+    st, fs = _counting(str(tmp_path))
+    reg = m.registry()
+    reg.storage = st
+    view = ui.gather(st, cfg, m.table, registry=reg, max_events=50)
+    assert not view.errors, view.errors
+    assert len(view.versions) == 21 and len(view.events) == 50
+    assert len(fs.opened) <= 2 * 50 + 5, len(fs.opened)  # the events' tail; metadata came from the cache
+
 
 def test_shown_versions_and_the_ttl_cache():
     assert shown_versions(["v1", "v2", "v3"], keep={"v9"}, limit=5) == ["v1", "v2", "v3"]

@@ -17,6 +17,7 @@ from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
 from lifelong_ray.control.executor import Executor
 from lifelong_ray.control.observe import Observer
+from lifelong_ray.control.reconcile import Reconciler, ServingBackend
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.decide import Decision, decide, recover
 from lifelong_ray.policy.model import STATE_SCHEMA_VERSION, Action, ControllerState
@@ -50,7 +51,10 @@ def load_state(storage: Storage, model: str) -> ControllerState | None:
 
 
 class Controller:
-    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+    """``serving``: the Serve backend that every tick reconciles with the state
+    (:mod:`~lifelong_ray.control.reconcile`); None (in-process tests) reconciles nothing."""
+
+    def __init__(self, cfg: Config, clock: Clock | None = None, serving: ServingBackend | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or WallClock()
         self.storage = Storage(cfg.storage.root)
@@ -58,6 +62,7 @@ class Controller:
         self.audit = AuditLog(self.storage, cfg.model.name)
         self.observer = Observer(cfg, self.storage, self.registry)
         self.executor = Executor(cfg, self.storage, self.registry)
+        self.reconciler = Reconciler(cfg.model.name, serving) if serving is not None else None
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
         self.state.pending_actions = recover(self.state, cfg)
@@ -85,6 +90,7 @@ class Controller:
     def tick(self) -> Decision | None:
         """One observe-decide-persist-act round. None when earlier actions still fail."""
         if self.state.pending_actions and not self._drain():
+            self._reconcile()
             return None
         now = self.clock.now()
         obs = self.observer.observe(self.state, now)
@@ -93,4 +99,17 @@ class Controller:
         self.state = decision.state
         self._save()
         self._drain()
+        self._reconcile()
         return decision
+
+    def _reconcile(self) -> None:
+        """Make Serve run what the state says should serve (level-triggered, every tick)."""
+        if self.reconciler is None:
+            return
+        try:
+            events = self.reconciler.reconcile(self.state, self.clock.now())
+        except Exception:  # noqa: BLE001 - Serve unreachable: the next tick tries again
+            log.exception("reconcile of %s failed; the next tick tries again", self.cfg.model.name)
+            return
+        if events:
+            self.audit.append(events, key=f"reconcile-{self.state.seq:012d}-{int(events[0].t * 1e6):020d}")

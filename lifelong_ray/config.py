@@ -415,7 +415,20 @@ class DataConfig(_Frozen):
                     "often than the champion's recent live error (and significantly) is quarantined")
     guard_pvalue: float = Field(default=0.001, gt=0, lt=1,
                                 description="significance level of the label guard's tests")
-    guard_min_rows: int = Field(default=50, ge=1, description="batches smaller than this skip the label guard")
+    guard_min_rows: int = Field(
+        default=50, ge=1,
+        description="the label guard judges at least this many rows: a smaller batch is judged together with "
+                    "the rows before it (batch ingest: the newest batch-ingested rows; live feedback: the "
+                    "rolling window), never skipped")
+    guard_live_window_rows: int = Field(
+        default=200, ge=1,
+        description="live :feedback labels: the rolling window (per model, in the ingress) of the newest "
+                    "labels vs the served predictions that the disagreement check judges on every request")
+    guard_live_baseline_rows: int = Field(
+        default=2000, ge=1,
+        description="live :feedback labels: older accepted labels (those that left the window) whose "
+                    "disagreement is the baseline; until it holds guard_min_rows, the champion's holdout "
+                    "accuracy is the baseline")
     guard_out_of_range_fraction: float = Field(
         default=0.05, gt=0, le=1,
         description="a batch with more than this share of rows far outside the training range is quarantined")
@@ -489,6 +502,10 @@ class ServingConfig(_Frozen):
                     "about 1 ms more than the sync itself (benchmarks/ingest.py). null: leave Python's")
     max_instances_per_request: int = Field(default=1000, ge=1, description="larger predict requests get 413")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_key_chars: int = Field(default=256, ge=1, description="a predict request's routing key longer than this "
+                                                              "gets 422 (field key, rule max_length)")
+    max_who_chars: int = Field(default=128, ge=1, description="an admin command's who longer than this gets 422")
+    max_why_chars: int = Field(default=2000, ge=1, description="an admin command's why longer than this gets 422")
     admin_token_env: str = Field(default="LIFELONG_ADMIN_TOKEN",
                                  description="env var holding the bearer token of the admin endpoints")
     admin_token_file: str | None = Field(

@@ -16,6 +16,7 @@ import os
 from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
 from lifelong_ray.control.executor import Executor
+from lifelong_ray.control.housekeeping import Housekeeper
 from lifelong_ray.control.observe import Observer
 from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.decide import Decision, decide, recover
@@ -58,6 +59,7 @@ class Controller:
         self.audit = AuditLog(self.storage, cfg.model.name)
         self.observer = Observer(cfg, self.storage, self.registry)
         self.executor = Executor(cfg, self.storage, self.registry)
+        self.housekeeper = Housekeeper(cfg, self.storage, self.registry, self.audit)
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
         self.state.pending_actions = recover(self.state, cfg)
@@ -93,4 +95,5 @@ class Controller:
         self.state = decision.state
         self._save()
         self._drain()
+        self.housekeeper.maybe_run(self.state, now)  # retention + compaction when due; never raises
         return decision

@@ -252,6 +252,10 @@ class TrainingConfig(_Frozen):
                     "drift-triggered version")
     tune: TuneConfig = Field(default_factory=TuneConfig,
                              description="Ray Tune search at each full retrain (off by default)")
+    timeout_seconds: float | None = Field(
+        default=3600.0, gt=0,
+        description="a retrain job running longer than this is cancelled and ends as `retrain_failed` (the next "
+                    "one may start); null: no limit")
 
 
 class DriftConfig(_Frozen):
@@ -314,6 +318,18 @@ class RolloutConfig(_Frozen):
                                   description="canary or probation request error rate above this fails")
     retire_grace_seconds: float = Field(default=3.0, ge=0,
                                         description="a version without traffic is undeployed after this long")
+    step_timeout_seconds: float | None = Field(
+        default=21600.0, gt=0,
+        description="a shadow, canary step or probation without a verdict this long after it began (too few "
+                    "compared answers, labels or seconds) is rolled back, with the missing evidence as the reason; "
+                    "not while paused or awaiting approval; null: hold until the evidence arrives")
+
+    @model_validator(mode="after")
+    def _deadline_after_minimum(self) -> "RolloutConfig":
+        if self.step_timeout_seconds is not None and self.step_timeout_seconds <= self.min_seconds_per_step:
+            raise ValueError(f"step_timeout_seconds ({self.step_timeout_seconds:g}) must exceed min_seconds_per_step"
+                             f" ({self.min_seconds_per_step:g}): every canary step would time out")
+        return self
 
     @field_validator("canary_steps", "urgent_canary_steps")
     @classmethod
@@ -366,7 +382,10 @@ class SLOConfig(_Frozen):
 class QuotaConfig(_Frozen):
     """Compute quotas for retraining; a blocked retrain waits in an impact-ordered queue."""
 
-    max_concurrent_retrains: int = Field(default=1, ge=1, description="retrain jobs running at once")
+    max_concurrent_retrains: int = Field(
+        default=1, ge=1,
+        description="retrain jobs running at once across the models sharing this storage root (one model runs "
+                    "at most one); a pending retrain waits while this many run")
     max_retrains_per_hour: int = Field(default=6, ge=0, description="full retrains started per rolling hour")
     cpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training CPU-seconds per 24 h")
     gpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training GPU-seconds per 24 h")
@@ -487,6 +506,14 @@ class ServingConfig(_Frozen):
 
 class ControllerConfig(_Frozen):
     tick_seconds: float = Field(default=1.0, gt=0, description="controller loop period (observe, decide, act)")
+    action_retries: int = Field(
+        default=3, ge=0,
+        description="retries of a failing action (deploy, routing, alias, retrain start) before it is abandoned "
+                    "with an `action_failed` event and the policy reacts (a candidate is rolled back)")
+    action_backoff_seconds: float = Field(
+        default=2.0, ge=0,
+        description="wait before the first retry of a failing action; doubles per retry (2, 4, 8 s: abandoned "
+                    "about 14 s after the first failure by default)")
 
 
 class Config(_Frozen):

@@ -54,6 +54,9 @@ class EventKind(str, Enum):
     ROLLOUT_ABORTED = "rollout_aborted"          # a candidate stopped before any canary traffic (shadow, approval)
     PROBATION_PASSED = "probation_passed"        # a new champion's late labels held up; the previous one retires
     COMMAND_REJECTED = "command_rejected"        # an operator command that did not apply now, with why
+    ACTION_FAILED = "action_failed"              # an effect failed past its retries, with the error
+    CHAMPION_UNAVAILABLE = "champion_unavailable"  # the champion could not be (re)deployed; the last serving stays
+    SERVING_RECONCILED = "serving_reconciled"    # Serve did not match the state: a version (re)deployed or retired
 
 
 class Event(BaseModel):

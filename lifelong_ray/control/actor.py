@@ -20,6 +20,7 @@ import ray
 
 from lifelong_ray.config import Config, parse_config
 from lifelong_ray.control.controller import Controller
+from lifelong_ray.control.reconcile import ServeBackend
 
 NAMESPACE = "lifelong"
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class ControllerActor:
         logging.basicConfig(level=logging.INFO)
         self.cfg = parse_config(cfg)
         self._lock = threading.Lock()
-        self.ctrl = Controller(self.cfg)
+        backend = ServeBackend(self.cfg) if self.cfg.serving.version_placement == "deployment" else None
+        self.ctrl = Controller(self.cfg, serving=backend)
         self.ticks = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -60,6 +62,7 @@ class ControllerActor:
         state["ticks"] = self.ticks
         state["tick_errors"] = self.errors
         state["restored"] = self.ctrl.restored
+        state["serving"] = self.ctrl.reconciler.status() if self.ctrl.reconciler is not None else None
         return state
 
     def config(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 from lifelong_ray.events import Event, EventKind
+from lifelong_ray.policy.serving_target import required_versions
 
 if TYPE_CHECKING:  # pragma: no cover
     from lifelong_ray.config import Config
@@ -158,6 +159,8 @@ def protected_versions(state: "ControllerState", aliases: dict[str, str]) -> dic
             add(v, "serves traffic")
     for v in state.retiring:
         add(v, "being retired from serving")
+    for v in sorted(required_versions(state)):
+        add(v, "Serve must run it")
     for alias, v in sorted(aliases.items()):
         add(v, f"alias {alias}")
     for a in state.pending_actions:

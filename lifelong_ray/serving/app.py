@@ -88,6 +88,7 @@ from lifelong_ray.serving.bodylimit import BodyLimit
 from lifelong_ray.serving.faults import NO_FAULT, FaultSpec, draw_fault, read_faults
 from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, check_items
 from lifelong_ray.serving.local import LocalVersions
+from lifelong_ray.serving.readiness import readiness
 from lifelong_ray.serving.routing import RoutingTable, choose_version, read_routing, should_shadow
 from lifelong_ray.storage import Storage
 
@@ -168,6 +169,13 @@ class ViolationOut(BaseModel):
     field: str
     rule: str
     message: str
+
+
+class ReadyResponse(BaseModel):
+    model: str
+    ready: bool
+    reason: str
+    routing_generation: int
 
 
 class ErrorResponse(BaseModel):
@@ -1006,6 +1014,23 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/v1/models/{model}/ready", response_model=ReadyResponse,
+             responses={404: {"model": ErrorResponse}, 503: {"model": ReadyResponse}})
+    async def ready(self, model: str) -> JSONResponse:
+        """200 when every version with weight can be called now, else 503 with the reason
+        (``lifelong up`` waits on it; a load balancer's readiness probe may too)."""
+        m = self._model(model)
+        ok, reason = readiness(m.table, lambda v: self._callable(m, v))
+        body = {"model": model, "ready": ok, "reason": reason, "routing_generation": m.table.generation}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
+
+    def _callable(self, m: _Model, version: str) -> bool:
+        """Whether a call to ``version`` can be answered now (its app runs, or it is loaded here)."""
+        if m.local is not None:
+            return m.local.get(version) is not None
+        return (self._apps is not None and self._apps_at > m.table_seen_at
+                and version_app_name(m.name, version) in self._apps)
 
     @api.get("/metrics", response_class=PlainTextResponse, responses={200: {
         "description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}})

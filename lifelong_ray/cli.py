@@ -715,21 +715,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from lifelong_ray.sim.backtest import Backtest, BacktestSettings, infer_config, read_stream
+    from lifelong_ray.sim.operators import load_commands
     from lifelong_ray.sim.report import print_summary, write_report
     from lifelong_ray.sim.simulate import read_sidecar
 
+    try:
+        commands = load_commands(args.commands) if args.commands else []
+    except (OSError, ValueError) as err:
+        print(f"lifelong backtest: --commands {args.commands}: {err}", file=sys.stderr)
+        return 2
     table = read_stream(args.data)
     side = read_sidecar(args.data) or {}
     label = args.label or (load_config(args.config).model.label.name if args.config else side.get("label", "y"))
     cfg = load_config(args.config) if args.config else infer_config(table, label)
     drift_at = args.drift_at if args.drift_at is not None else side.get("drift_points", [])
     drift_at = [drift_at] if isinstance(drift_at, int) else list(drift_at)
-    s = BacktestSettings(label_delay=args.label_delay, bootstrap=args.bootstrap, drift_at=drift_at)
+    s = BacktestSettings(label_delay=args.label_delay, bootstrap=args.bootstrap, drift_at=drift_at,
+                         approval=args.approval, approve_after=args.approve_after, commands=commands)
     out_dir = Path(args.report_dir)
     report = Backtest(cfg, table, label, s, storage_root=str(out_dir / "store")).run()
     json_path, png_path = write_report(report, out_dir)
     print_summary(report, f"lifelong backtest of {args.data}",
                   ("false_alarms", "mean_detection_delay", "runner", "engine_samples_per_second"))
+    held = report["summary"].get("held")
+    if held:
+        print(f"held at the end: {held['reason']}")
     print(f"report: {json_path}  plot: {png_path}")
     return 0
 
@@ -755,6 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label-delay", type=int, default=200)
     b.add_argument("--bootstrap", type=int, default=2000, help="labeled history rows before traffic")
     b.add_argument("--report-dir", default="runs/backtest")
+    b.add_argument("--commands", help="YAML/JSON list of operator commands {at_sample, kind, who, why, version?}"
+                                      " played at their sample")
+    b.add_argument("--approval", choices=("auto", "never"), default="auto",
+                   help="a rollout held for approval: auto-approve it (after --approve-after samples) or never")
+    b.add_argument("--approve-after", type=int, default=0, metavar="N",
+                   help="samples a held candidate waits before --approval auto approves it (default 0)")
     b.set_defaults(func=cmd_backtest)
     u = sub.add_parser("up", help="start the Serve app and controller on the current Ray (or start a local Ray)")
     u.add_argument("config")

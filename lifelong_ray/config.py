@@ -441,8 +441,17 @@ class DataConfig(_Frozen):
                     "(the routing key). Features are never hashed: that would make serving differ from training")
     pii_salt_env: str = Field(default="LIFELONG_PII_SALT",
                               description="environment variable holding the PII salt (required when pii_fields is set)")
-    retention_days: float | None = Field(default=None, gt=0, description="drop log partitions older than this")
+    retention_days: float | None = Field(
+        default=30.0, gt=0,
+        description="days kept: the controller's housekeeping drops older log partitions, audit events, handled "
+                    "operator commands, finished retrain job files and registry versions (never the champion, the "
+                    "previous champion, a version in rollout or serving, or one an alias names). null: keep "
+                    "everything (logs are still compacted)")
     compact_min_files: int = Field(default=32, ge=2, description="compact a day's partition above this many files")
+    compaction_interval_seconds: float | None = Field(
+        default=3600.0, gt=0,
+        description="how often the controller runs housekeeping (retention, then compaction of past days' log "
+                    "files); null: never (run `lifelong compact CONFIG` yourself)")
     log_fsync: bool = Field(
         default=True,
         description="fsync each prediction/feedback log file (and its directory) before the 2xx: the record "

@@ -49,6 +49,7 @@ class EventKind(str, Enum):
     RESUMED = "resumed"
     # Additions beyond DESIGN.md §4 (extensions, never renames):
     QUARANTINE_RELEASED = "quarantine_released"  # an operator released a quarantined batch after review
+    RETENTION_APPLIED = "retention_applied"      # housekeeping expired old logs, events, commands, jobs, versions
     BUDGET_UNFROZEN = "budget_unfrozen"          # the error budget recovered; rollouts may go on
     ROLLOUT_ABORTED = "rollout_aborted"          # a candidate stopped before any canary traffic (shadow, approval)
     PROBATION_PASSED = "probation_passed"        # a new champion's late labels held up; the previous one retires

@@ -18,6 +18,7 @@ import os
 from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
 from lifelong_ray.control.executor import Executor
+from lifelong_ray.control.housekeeping import Housekeeper
 from lifelong_ray.control.jobs import running_retrains
 from lifelong_ray.control.observe import Observer
 from lifelong_ray.control.reconcile import Reconciler, ServingBackend
@@ -70,6 +71,7 @@ class Controller:
         self.executor = Executor(cfg, self.storage, self.registry)
         self.reconciler = Reconciler(cfg.model.name, serving) if serving is not None else None
         self.retries = Retries(cfg.controller.action_retries, cfg.controller.action_backoff_seconds)
+        self.housekeeper = Housekeeper(cfg, self.storage, self.registry, self.audit)
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
         self.state.pending_actions = recover(self.state, cfg)
@@ -135,6 +137,7 @@ class Controller:
         self._save()
         self._drain(now)
         self._reconcile()
+        self.housekeeper.maybe_run(self.state, now)  # retention + compaction when due; never raises
         return decision
 
     def _reconcile(self) -> None:

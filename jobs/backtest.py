@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-delay", type=int, default=200, help="samples before a row's label is revealed")
     p.add_argument("--bootstrap", type=int, default=2000, help="labeled history rows that train the first version")
     p.add_argument("--report-dir", default="runs/backtest", help="where report.json/png go (absolute under a job)")
+    p.add_argument("--commands", help="YAML/JSON list of operator commands {at_sample, kind, who, why, version?}")
+    p.add_argument("--approval", choices=("auto", "never"), default="auto",
+                   help="a rollout held for approval: auto-approve it, or never")
+    p.add_argument("--approve-after", type=int, default=0, help="samples a held candidate waits before auto-approval")
     return p
 
 
@@ -56,9 +60,17 @@ def _check(args: argparse.Namespace) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    for name in ("label_delay", "bootstrap", "n"):
+    for name in ("label_delay", "bootstrap", "n", "approve_after"):
         if getattr(args, name) < (1 if name == "n" else 0):
             raise JobInputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.commands:
+        from lifelong_ray.sim.operators import load_commands
+
+        args.commands = existing_file(args.commands, "--commands file", (".yaml", ".yml", ".json"))
+        try:
+            load_commands(args.commands)
+        except ValueError as err:
+            raise JobInputError(f"--commands {args.commands}: {err}") from None
     if args.config:
         cfg = load(args.config)
         args.label = args.label or cfg.model.label.name
@@ -112,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     from lifelong_ray.cli import main as lifelong
 
     argv_bt = ["backtest", "--data", args.data, "--label-delay", str(args.label_delay),
-               "--bootstrap", str(args.bootstrap), "--report-dir", args.report_dir]
-    for flag, value in (("--config", args.config), ("--label", args.label), ("--drift-at", args.drift_at)):
+               "--bootstrap", str(args.bootstrap), "--report-dir", args.report_dir,
+               "--approval", args.approval, "--approve-after", str(args.approve_after)]
+    for flag, value in (("--config", args.config), ("--label", args.label), ("--drift-at", args.drift_at),
+                        ("--commands", args.commands)):
         if value is not None:
             argv_bt += [flag, str(value)]
     try:

@@ -252,12 +252,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     serve.start(http_options={"host": cfg.serving.host, "port": cfg.serving.port})
     deploy_ingress([cfg])
     start_controller(cfg)
+    if not _wait_serving(cfg, args.wait):
+        return 3
     print(f"lifelong up: model {cfg.model.name} at http://{cfg.serving.host}:{cfg.serving.port}"
           f"/v1/models/{cfg.model.name}; storage {cfg.storage.root}")
     if started and not args.no_dashboard:
         print(f"Ray started here; dashboard and job API at http://{args.dashboard_host}:{args.dashboard_port}"
               f" (`lifelong down --stop-ray` stops it)")
     return 0
+
+
+def _wait_serving(cfg: Config, timeout_s: float) -> bool:
+    """Wait until the model answers predictions (when it has a champion to answer with).
+
+    After a restart the controller's first ticks redeploy what the persisted state
+    routes to; ``up`` returns only once the ingress can call every weighted version."""
+    from lifelong_ray.control.controller import load_state
+    from lifelong_ray.serving.wait import probe_ready, wait_ready
+    from lifelong_ray.storage import Storage
+
+    state = load_state(Storage(cfg.storage.root), cfg.model.name)
+    if state is None or state.champion is None:
+        print(f"lifelong up: {cfg.model.name} has no version yet; predictions answer 503 until the first"
+              f" one is trained and promoted", file=sys.stderr)
+        return True
+    host = "127.0.0.1" if cfg.serving.host in ("0.0.0.0", "::") else cfg.serving.host
+    url = f"http://{host}:{cfg.serving.port}"
+    ok, reason, waited = wait_ready(lambda: probe_ready(url, cfg.model.name), timeout_s)
+    if not ok:
+        print(f"lifelong up: {cfg.model.name} is not ready after {waited:.0f}s: {reason}. The controller keeps"
+              f" reconciling; see `lifelong status {cfg.model.name}` and `lifelong history {cfg.model.name}`",
+              file=sys.stderr)
+    return ok
 
 
 def _controllers() -> dict[str, Any]:
@@ -277,15 +303,45 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     from lifelong_ray.control.actor import stop_controller
 
+    import ray
+
     _connect()
-    models = list(_controllers())
+    ctrls = _controllers()
+    models = list(ctrls)
+    ports = set()
+    for h in ctrls.values():
+        try:
+            ports.add(int(ray.get(h.config.remote(), timeout=15)["serving"]["port"]))
+        except Exception:  # noqa: BLE001 - a controller that does not answer is stopped all the same
+            pass
     for m in models:
         stop_controller(m)
     serve.shutdown()
+    # Serve's HTTP proxy listens with SO_REUSEPORT: one still exiting would share the port with the
+    # proxy of a following `up` and answer part of its requests with 404s. Return once it is gone.
+    for port in sorted(ports):
+        if not _wait_port_closed(port):
+            print(f"warning: something still listens on port {port} after Serve shut down", file=sys.stderr)
     print(f"lifelong down: stopped {models or 'nothing'} and Serve")
     if args.stop_ray:
         subprocess.run([_ray_cli(), "stop"], check=False)
     return 0
+
+
+def _wait_port_closed(port: int, timeout_s: float = 60.0) -> bool:
+    """Wait until nothing accepts connections on 127.0.0.1:``port``."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -479,8 +535,9 @@ def status_document(cfg: Config, state: dict[str, Any] | None, *, live: dict[str
                        "seq": st.get("seq", 0), "last_tick_t": st.get("last_tick_t"),
                        "last_tick_time": _iso(st.get("last_tick_t")),
                        "ticks": (live or {}).get("ticks"), "tick_errors": (live or {}).get("tick_errors"),
-                       "restored": (live or {}).get("restored"), "role": (live or {}).get("role"),
-                       "holder": (live or {}).get("lease_holder"), "lease": _lease_doc(storage, model)},
+                       "restored": (live or {}).get("restored"), "serving": (live or {}).get("serving"),
+                       "role": (live or {}).get("role"), "holder": (live or {}).get("lease_holder"),
+                       "lease": _lease_doc(storage, model)},
         "storage": cfg.storage.root,
     }
     if registry_error:
@@ -515,8 +572,11 @@ def status_table(docs: list[dict[str, Any]]) -> Any:
         versions = "\n".join(f"{v['version']} {v['weight']:g}%" + (f" {v['role']}" if v["role"] else "")
                              + (f" acc {v['holdout_accuracy']:.3f}" if v["holdout_accuracy"] is not None else "")
                              for v in d["versions"] if v["weight"] > 0 or v["role"]) or "no version yet"
+        serving = d["controller"].get("serving") or {}
         stage = d["stage"] + (f" ({d['approval_for']})" if d["approval_for"] else "") + \
             (f"\ncandidate {d['candidate']}" if d["candidate"] else "") + ("\nPAUSED" if d["paused"] else "") + \
+            "".join(f"\nNOT SERVING {v}: {serving.get('errors', {}).get(v, 'deploying')}"
+                    for v in serving.get("missing") or []) + \
             ("\nSTANDBY (another controller leads)" if d["controller"].get("role") == "standby" else "")
         r = d["retrain"]
         retrain = r["stage"] + (f" {r['job_id']}" if r["stage"] != "idle" and r["job_id"] else "") + \
@@ -583,8 +643,8 @@ def _sources(model: str | None, config: str | None) -> list[tuple[Config, dict[s
         except ray.exceptions.GetTimeoutError:
             raise CliError(f"the controller of {m} did not answer in 30 s: check `ray status` and its log"
                            f" (`ray logs actor --id <id>`), or read storage with --config") from None
-        counters = {k: live.pop(k, None) for k in ("ticks", "tick_errors", "restored", "role", "lease_holder",
-                                                   "lease_generation")}
+        counters = {k: live.pop(k, None) for k in ("ticks", "tick_errors", "restored", "serving", "role",
+                                                   "lease_holder", "lease_generation")}
         out.append((cfg, live, counters))
     return out
 
@@ -670,21 +730,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from lifelong_ray.sim.backtest import Backtest, BacktestSettings, infer_config, read_stream
+    from lifelong_ray.sim.operators import load_commands
     from lifelong_ray.sim.report import print_summary, write_report
     from lifelong_ray.sim.simulate import read_sidecar
 
+    try:
+        commands = load_commands(args.commands) if args.commands else []
+    except (OSError, ValueError) as err:
+        print(f"lifelong backtest: --commands {args.commands}: {err}", file=sys.stderr)
+        return 2
     table = read_stream(args.data)
     side = read_sidecar(args.data) or {}
     label = args.label or (load_config(args.config).model.label.name if args.config else side.get("label", "y"))
     cfg = load_config(args.config) if args.config else infer_config(table, label)
     drift_at = args.drift_at if args.drift_at is not None else side.get("drift_points", [])
     drift_at = [drift_at] if isinstance(drift_at, int) else list(drift_at)
-    s = BacktestSettings(label_delay=args.label_delay, bootstrap=args.bootstrap, drift_at=drift_at)
+    s = BacktestSettings(label_delay=args.label_delay, bootstrap=args.bootstrap, drift_at=drift_at,
+                         approval=args.approval, approve_after=args.approve_after, commands=commands)
     out_dir = Path(args.report_dir)
     report = Backtest(cfg, table, label, s, storage_root=str(out_dir / "store")).run()
     json_path, png_path = write_report(report, out_dir)
     print_summary(report, f"lifelong backtest of {args.data}",
                   ("false_alarms", "mean_detection_delay", "runner", "engine_samples_per_second"))
+    held = report["summary"].get("held")
+    if held:
+        print(f"held at the end: {held['reason']}")
     print(f"report: {json_path}  plot: {png_path}")
     return 0
 
@@ -710,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label-delay", type=int, default=200)
     b.add_argument("--bootstrap", type=int, default=2000, help="labeled history rows before traffic")
     b.add_argument("--report-dir", default="runs/backtest")
+    b.add_argument("--commands", help="YAML/JSON list of operator commands {at_sample, kind, who, why, version?}"
+                                      " played at their sample")
+    b.add_argument("--approval", choices=("auto", "never"), default="auto",
+                   help="a rollout held for approval: auto-approve it (after --approve-after samples) or never")
+    b.add_argument("--approve-after", type=int, default=0, metavar="N",
+                   help="samples a held candidate waits before --approval auto approves it (default 0)")
     b.set_defaults(func=cmd_backtest)
     u = sub.add_parser("up", help="start the Serve app and controller on the current Ray (or start a local Ray)")
     u.add_argument("config")
@@ -721,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
     u.add_argument("--no-dashboard", action="store_true",
                    help="when `up` starts Ray: no dashboard (and no `ray job submit`)")
+    u.add_argument("--wait", type=float, default=300.0,
+                   help="seconds to wait for the model to answer (its routed versions deployed); exit 3 if not")
     u.set_defaults(func=cmd_up)
     dn = sub.add_parser("down", help="stop the Serve app and controllers")
     dn.add_argument("--stop-ray", action="store_true",

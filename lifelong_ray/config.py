@@ -252,6 +252,10 @@ class TrainingConfig(_Frozen):
                     "drift-triggered version")
     tune: TuneConfig = Field(default_factory=TuneConfig,
                              description="Ray Tune search at each full retrain (off by default)")
+    timeout_seconds: float | None = Field(
+        default=3600.0, gt=0,
+        description="a retrain job running longer than this is cancelled and ends as `retrain_failed` (the next "
+                    "one may start); null: no limit")
 
 
 class DriftConfig(_Frozen):
@@ -314,6 +318,18 @@ class RolloutConfig(_Frozen):
                                   description="canary or probation request error rate above this fails")
     retire_grace_seconds: float = Field(default=3.0, ge=0,
                                         description="a version without traffic is undeployed after this long")
+    step_timeout_seconds: float | None = Field(
+        default=21600.0, gt=0,
+        description="a shadow, canary step or probation without a verdict this long after it began (too few "
+                    "compared answers, labels or seconds) is rolled back, with the missing evidence as the reason; "
+                    "not while paused or awaiting approval; null: hold until the evidence arrives")
+
+    @model_validator(mode="after")
+    def _deadline_after_minimum(self) -> "RolloutConfig":
+        if self.step_timeout_seconds is not None and self.step_timeout_seconds <= self.min_seconds_per_step:
+            raise ValueError(f"step_timeout_seconds ({self.step_timeout_seconds:g}) must exceed min_seconds_per_step"
+                             f" ({self.min_seconds_per_step:g}): every canary step would time out")
+        return self
 
     @field_validator("canary_steps", "urgent_canary_steps")
     @classmethod
@@ -366,7 +382,10 @@ class SLOConfig(_Frozen):
 class QuotaConfig(_Frozen):
     """Compute quotas for retraining; a blocked retrain waits in an impact-ordered queue."""
 
-    max_concurrent_retrains: int = Field(default=1, ge=1, description="retrain jobs running at once")
+    max_concurrent_retrains: int = Field(
+        default=1, ge=1,
+        description="retrain jobs running at once across the models sharing this storage root (one model runs "
+                    "at most one); a pending retrain waits while this many run")
     max_retrains_per_hour: int = Field(default=6, ge=0, description="full retrains started per rolling hour")
     cpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training CPU-seconds per 24 h")
     gpu_seconds_per_day: float | None = Field(default=None, gt=0, description="training GPU-seconds per 24 h")
@@ -396,7 +415,20 @@ class DataConfig(_Frozen):
                     "often than the champion's recent live error (and significantly) is quarantined")
     guard_pvalue: float = Field(default=0.001, gt=0, lt=1,
                                 description="significance level of the label guard's tests")
-    guard_min_rows: int = Field(default=50, ge=1, description="batches smaller than this skip the label guard")
+    guard_min_rows: int = Field(
+        default=50, ge=1,
+        description="the label guard judges at least this many rows: a smaller batch is judged together with "
+                    "the rows before it (batch ingest: the newest batch-ingested rows; live feedback: the "
+                    "rolling window), never skipped")
+    guard_live_window_rows: int = Field(
+        default=200, ge=1,
+        description="live :feedback labels: the rolling window (per model, in the ingress) of the newest "
+                    "labels vs the served predictions that the disagreement check judges on every request")
+    guard_live_baseline_rows: int = Field(
+        default=2000, ge=1,
+        description="live :feedback labels: older accepted labels (those that left the window) whose "
+                    "disagreement is the baseline; until it holds guard_min_rows, the champion's holdout "
+                    "accuracy is the baseline")
     guard_out_of_range_fraction: float = Field(
         default=0.05, gt=0, le=1,
         description="a batch with more than this share of rows far outside the training range is quarantined")
@@ -409,8 +441,17 @@ class DataConfig(_Frozen):
                     "(the routing key). Features are never hashed: that would make serving differ from training")
     pii_salt_env: str = Field(default="LIFELONG_PII_SALT",
                               description="environment variable holding the PII salt (required when pii_fields is set)")
-    retention_days: float | None = Field(default=None, gt=0, description="drop log partitions older than this")
+    retention_days: float | None = Field(
+        default=30.0, gt=0,
+        description="days kept: the controller's housekeeping drops older log partitions, audit events, handled "
+                    "operator commands, finished retrain job files and registry versions (never the champion, the "
+                    "previous champion, a version in rollout or serving, or one an alias names). null: keep "
+                    "everything (logs are still compacted)")
     compact_min_files: int = Field(default=32, ge=2, description="compact a day's partition above this many files")
+    compaction_interval_seconds: float | None = Field(
+        default=3600.0, gt=0,
+        description="how often the controller runs housekeeping (retention, then compaction of past days' log "
+                    "files); null: never (run `lifelong compact CONFIG` yourself)")
     log_fsync: bool = Field(
         default=True,
         description="fsync each prediction/feedback log file (and its directory) before the 2xx: the record "
@@ -470,6 +511,10 @@ class ServingConfig(_Frozen):
                     "about 1 ms more than the sync itself (benchmarks/ingest.py). null: leave Python's")
     max_instances_per_request: int = Field(default=1000, ge=1, description="larger predict requests get 413")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_key_chars: int = Field(default=256, ge=1, description="a predict request's routing key longer than this "
+                                                              "gets 422 (field key, rule max_length)")
+    max_who_chars: int = Field(default=128, ge=1, description="an admin command's who longer than this gets 422")
+    max_why_chars: int = Field(default=2000, ge=1, description="an admin command's why longer than this gets 422")
     admin_token_env: str = Field(default="LIFELONG_ADMIN_TOKEN",
                                  description="env var holding the bearer token of the admin endpoints")
     admin_token_file: str | None = Field(
@@ -478,6 +523,14 @@ class ServingConfig(_Frozen):
 
 class ControllerConfig(_Frozen):
     tick_seconds: float = Field(default=1.0, gt=0, description="controller loop period (observe, decide, act)")
+    action_retries: int = Field(
+        default=3, ge=0,
+        description="retries of a failing action (deploy, routing, alias, retrain start) before it is abandoned "
+                    "with an `action_failed` event and the policy reacts (a candidate is rolled back)")
+    action_backoff_seconds: float = Field(
+        default=2.0, ge=0,
+        description="wait before the first retry of a failing action; doubles per retry (2, 4, 8 s: abandoned "
+                    "about 14 s after the first failure by default)")
     command_skew_seconds: float = Field(
         default=60.0, ge=0,
         description="an operator command written up to this long before the newest one taken in (a writer whose "

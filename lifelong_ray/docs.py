@@ -174,6 +174,39 @@ def _section(path: str, model: type[BaseModel], out: list[str], depth: int) -> N
         _section(sub_path, sub, out, depth + 1)
 
 
+_FOOTER = """\
+## Retention (defaults)
+
+`data.retention_days` is 30 unless set: the controller's housekeeping, every
+`data.compaction_interval_seconds` (3600), drops log partitions, audit events,
+handled operator commands, finished retrain job files and registry versions older
+than that, and compacts past days' log files. The champion, the previous champion,
+a version in rollout or serving, and any version an alias names are never retired.
+`retention_days: null` keeps everything; `compaction_interval_seconds: null` turns the
+schedule off (`lifelong compact CONFIG` does the log part by hand). See the runbook,
+*Disk: retention and housekeeping*.
+
+## Backtest settings (command line, not config keys)
+
+`lifelong backtest --config C` replays any live config, including shadow
+(`rollout.shadow_fraction`: mirrored answers compared as the live observer does),
+approvals and operator commands:
+
+| flag | default | meaning |
+|---|---|---|
+| `--approval auto\\|never` | `auto` | a rollout held by `rollout.require_approval`: approve it as `who: backtest`, or never (the report's `summary.held` then says what waits and why). A rollout held by a spent error budget is never auto-approved |
+| `--approve-after N` | `0` | samples a held candidate waits before `auto` approves it (at the next controller tick after that) |
+| `--commands FILE` | none | a YAML or JSON list of operator commands, each `{at_sample, kind, who, why, version?}` (`kind`: approve, rollback, retrain, pause, resume), given to the policy at the first tick at or after `at_sample` (a stream row index) |
+
+```
+# ops.yaml for `lifelong backtest --data history.parquet --config churn.yaml --commands ops.yaml`
+- {at_sample: 20000, kind: pause, who: ana, why: feature pipeline migration}
+- {at_sample: 26000, kind: resume, who: ana, why: migration done}
+- {at_sample: 41000, kind: rollback, who: bob, why: complaints from the EU segment}
+```
+"""
+
+
 def render_config_reference() -> str:
     """The whole Markdown reference, deterministic (the staleness test compares it)."""
     out = [_HEADER]
@@ -188,6 +221,7 @@ def render_config_reference() -> str:
         out.append(f'<a id="{name}"></a>')
         out.append("")
         _section(name, model, out, depth=2)
+    out.append(_FOOTER)
     return "\n".join(out).rstrip() + "\n"
 
 

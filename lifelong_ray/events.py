@@ -49,10 +49,14 @@ class EventKind(str, Enum):
     RESUMED = "resumed"
     # Additions beyond DESIGN.md §4 (extensions, never renames):
     QUARANTINE_RELEASED = "quarantine_released"  # an operator released a quarantined batch after review
+    RETENTION_APPLIED = "retention_applied"      # housekeeping expired old logs, events, commands, jobs, versions
     BUDGET_UNFROZEN = "budget_unfrozen"          # the error budget recovered; rollouts may go on
     ROLLOUT_ABORTED = "rollout_aborted"          # a candidate stopped before any canary traffic (shadow, approval)
     PROBATION_PASSED = "probation_passed"        # a new champion's late labels held up; the previous one retires
     COMMAND_REJECTED = "command_rejected"        # an operator command that did not apply now, with why
+    ACTION_FAILED = "action_failed"              # an effect failed past its retries, with the error
+    CHAMPION_UNAVAILABLE = "champion_unavailable"  # the champion could not be (re)deployed; the last serving stays
+    SERVING_RECONCILED = "serving_reconciled"    # Serve did not match the state: a version (re)deployed or retired
     LEADER_ACQUIRED = "leader_acquired"          # this controller holds the model's lease and acts (DESIGN §4)
     LEADER_LOST = "leader_lost"                  # a controller found another one holds the lease; it stands by
 

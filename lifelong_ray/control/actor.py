@@ -22,6 +22,7 @@ import ray
 
 from lifelong_ray.config import Config, parse_config
 from lifelong_ray.control.controller import Controller, load_state
+from lifelong_ray.control.reconcile import ServeBackend
 
 NAMESPACE = "lifelong"
 log = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ class ControllerActor:
         logging.basicConfig(level=logging.INFO)
         self.cfg = parse_config(cfg)
         self._lock = threading.Lock()
+        backend = ServeBackend(self.cfg) if self.cfg.serving.version_placement == "deployment" else None
         # the lease holder is the actor id, which a restart of this actor keeps: it leads again at once
         holder = f"actor-{ray.get_runtime_context().get_actor_id()}"
-        self.ctrl = Controller(self.cfg, holder=holder)
+        self.ctrl = Controller(self.cfg, serving=backend, holder=holder)
         self.ticks = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -66,6 +68,7 @@ class ControllerActor:
         state["ticks"] = self.ticks
         state["tick_errors"] = self.errors
         state["restored"] = ctrl.restored
+        state["serving"] = ctrl.reconciler.status() if ctrl.reconciler is not None else None
         state["role"] = ctrl.role  # "standby": another controller holds the lease and acts
         state["lease_holder"] = ctrl.lease.holder
         state["lease_generation"] = ctrl.lease.generation

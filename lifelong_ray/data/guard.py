@@ -19,9 +19,20 @@ numbers, and the batch is quarantined whole (nothing of it is trained on):
   have a numeric feature beyond the training min/max by more than
   ``data.guard_range_widths`` training ranges.
 
-Batches smaller than ``data.guard_min_rows`` are not judged (too few rows for a
-test; a slow drip of small poisoned batches is out of this guard's reach), nor
-is a check whose history is missing (no champion yet: no disagreement check).
+A check needs ``data.guard_min_rows`` rows: a smaller batch is judged together
+with the rows before it (batch ingest: the newest batch-ingested rows, see
+:func:`lifelong_ray.data.ingest.guard_findings`), so a drip of small batches
+accumulates instead of slipping through. A check whose history is missing (no
+champion yet: no disagreement check) does not run.
+
+Live ``:feedback`` labels go through :class:`RollingLabelGuard` in the ingress:
+a bounded rolling window of the newest labels vs the served predictions, judged
+with :func:`label_disagreement`'s test against a baseline of older accepted
+labels on every request (small requests accumulate in the window). When the
+window's disagreement collapses the stream is quarantined: every label is
+diverted to the quarantine store (nothing of it reaches the feedback log, so
+nothing of it trains) until the newest ``data.guard_live_window_rows`` labels agree
+with the predictions again.
 
 A genuine, sudden concept change looks exactly like mislabeling to any check of
 one batch against the past: a batch-ingested drifted batch is quarantined too, and
@@ -46,6 +57,7 @@ real concept change there is what drift detection and retraining are for.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Sequence
@@ -89,10 +101,22 @@ def label_disagreement(labels: np.ndarray, champion_pred: np.ndarray, *, base_er
                        cfg: DataConfig) -> GuardFinding | None:
     """Labels disagreeing with the champion far beyond its usual error (see the module doc)."""
     labels, champion_pred = np.asarray(labels), np.asarray(champion_pred)
-    n = len(labels)
+    return disagreement_counts(int((labels != champion_pred).sum()), len(labels), base_errors=base_errors,
+                               base_rows=base_rows, cfg=cfg)
+
+
+def disagreement_counts(errors: int, n: int, *, base_errors: int, base_rows: int,
+                        cfg: DataConfig) -> GuardFinding | None:
+    """:func:`label_disagreement` from counts: ``errors`` of ``n`` rows vs ``base_errors`` of ``base_rows``.
+
+    >>> from lifelong_ray.config import DataConfig
+    >>> disagreement_counts(20, 60, base_errors=50, base_rows=1000, cfg=DataConfig()).data["rows"]
+    60
+    >>> disagreement_counts(20, 49, base_errors=50, base_rows=1000, cfg=DataConfig(guard_min_rows=50)) is None
+    True
+    """
     if n < cfg.guard_min_rows or base_rows <= 0:
         return None
-    errors = int((labels != champion_pred).sum())
     p_batch, p_base = errors / n, base_errors / base_rows
     excess = p_batch - p_base
     if excess <= cfg.guard_disagreement_margin:
@@ -176,3 +200,131 @@ def check_batch(labels: np.ndarray, columns: dict[str, np.ndarray], history: His
     findings.append(label_shift(labels, history.labels, classes=classes, cfg=cfg))
     findings.append(out_of_range(columns, history.ranges, cfg=cfg))
     return [f for f in findings if f is not None]
+
+
+# -- live feedback: the rolling-window guard (pure, no I/O) ----------------------------
+#: the quarantine ``source`` of live ``:feedback`` labels (a release appends them to the feedback log)
+LIVE_FEEDBACK_SOURCE = "live_feedback"
+
+
+class StreamState(str, Enum):
+    """Lifecycle of a model's live label stream: ``open`` ⇄ ``quarantined``."""
+
+    OPEN = "open"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True)
+class LiveVerdict:
+    """What to do with one request's labels: ``accept`` them (else quarantine them),
+    the stream's state after them, whether this request changed it, and the finding
+    (the collapse that holds the stream quarantined, with its numbers)."""
+
+    accept: bool
+    state: StreamState
+    changed: bool
+    finding: GuardFinding | None
+    window_rows: int
+
+
+class RollingLabelGuard:
+    """The label-flip guard of a live label stream over bounded rolling windows.
+
+    Every request's labels are compared with the predictions that were served for
+    them. ``window`` holds the disagreement (1 = label != prediction) of the newest
+    ``window_rows`` labels; ``baseline`` the older accepted ones that left it (at
+    most ``baseline_rows``). Each request is judged with :func:`disagreement_counts`
+    on the window *including the request* against the baseline (or, while the
+    baseline has fewer than ``guard_min_rows`` rows, the ``prior`` given: the
+    champion's holdout error), so no request is too small to count: small requests
+    accumulate in the window.
+
+    * **open**: a request whose window collapses is quarantined and the stream
+      becomes **quarantined**; the window it judged becomes the probation window.
+    * **quarantined**: every request is quarantined and added to the probation
+      window (the newest ``window_rows`` labels); once that window no longer
+      collapses, the stream is **open** again (the request that showed it is still
+      quarantined) and the probation window becomes the window.
+
+    Memory is bounded by ``window_rows + baseline_rows`` booleans.
+
+    >>> from lifelong_ray.config import DataConfig
+    >>> g = RollingLabelGuard(DataConfig(guard_min_rows=50), window_rows=100, baseline_rows=1000)
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.integers(0, 2, 2000)
+    >>> pred = np.where(rng.random(2000) < 0.05, 1 - truth, truth)       # served, right 95% of the time
+    >>> [g.judge(truth[i:i + 1], pred[i:i + 1]).accept for i in range(600)].count(False)   # clean: one at a time
+    0
+    >>> flipped = np.where(rng.random(2000) < 0.4, 1 - truth, truth)     # a 40% flip, 1-row requests
+    >>> verdicts = [g.judge(flipped[i:i + 1], pred[i:i + 1]) for i in range(600, 1000)]
+    >>> first = next(i for i, v in enumerate(verdicts) if not v.accept)
+    >>> verdicts[first].state.value, verdicts[first].finding.reason.value, all(not v.accept for v in verdicts[first:])
+    ('quarantined', 'label_disagreement', True)
+    >>> back = [g.judge(truth[i:i + 1], pred[i:i + 1]) for i in range(1000, 1300)]   # clean again: reopens
+    >>> back[-1].state.value, back[-1].accept
+    ('open', True)
+    """
+
+    def __init__(self, cfg: DataConfig, *, window_rows: int, baseline_rows: int,
+                 prior: tuple[int, int] | None = None) -> None:
+        if window_rows < 1 or baseline_rows < 1:
+            raise ValueError(f"window_rows and baseline_rows must be >= 1, got {window_rows}, {baseline_rows}")
+        self.cfg = cfg
+        self.window_rows, self.baseline_rows = int(window_rows), int(baseline_rows)
+        self.prior = prior
+        self.state = StreamState.OPEN
+        self.window: deque[int] = deque()
+        self.baseline: deque[int] = deque()
+        self._window_errors = 0
+        self._base_errors = 0
+        self.finding: GuardFinding | None = None
+
+    def base(self) -> tuple[int, int] | None:
+        """``(errors, rows)`` the window is judged against, or None (no baseline, no judgement)."""
+        if len(self.baseline) >= self.cfg.guard_min_rows:
+            return self._base_errors, len(self.baseline)
+        return self.prior
+
+    def _test(self, errors: int, rows: int) -> GuardFinding | None:
+        base = self.base()
+        if base is None:
+            return None
+        return disagreement_counts(errors, rows, base_errors=base[0], base_rows=base[1], cfg=self.cfg)
+
+    def _push_window(self, errs: np.ndarray, *, to_baseline: bool) -> None:
+        for e in errs.tolist():
+            self.window.append(e)
+            self._window_errors += e
+            if len(self.window) > self.window_rows:
+                old = self.window.popleft()
+                self._window_errors -= old
+                if to_baseline:
+                    self.baseline.append(old)
+                    self._base_errors += old
+                    if len(self.baseline) > self.baseline_rows:
+                        self._base_errors -= self.baseline.popleft()
+
+    def judge(self, labels: np.ndarray, predictions: np.ndarray) -> LiveVerdict:
+        """Judge one request's labels (aligned with the predictions served for them) and
+        update the windows. An empty request changes nothing."""
+        errs = (np.asarray(labels) != np.asarray(predictions)).astype(np.int64)
+        if errs.size == 0:
+            return LiveVerdict(self.state == StreamState.OPEN, self.state, False, self.finding, len(self.window))
+        tail = errs[-self.window_rows:]
+        keep = max(0, self.window_rows - tail.size)
+        kept = list(self.window)[len(self.window) - keep:] if keep else []
+        rows, errors = len(kept) + tail.size, sum(kept) + int(tail.sum())
+        finding = self._test(errors, rows)
+        if self.state == StreamState.OPEN:
+            if finding is None:
+                self._push_window(errs, to_baseline=True)
+                return LiveVerdict(True, self.state, False, None, len(self.window))
+            self.state, self.finding = StreamState.QUARANTINED, finding
+            self._push_window(errs, to_baseline=False)   # the window becomes the probation window
+            return LiveVerdict(False, self.state, True, finding, len(self.window))
+        self._push_window(errs, to_baseline=False)
+        if finding is None and len(self.window) >= min(self.window_rows, self.cfg.guard_min_rows):
+            self.state, self.finding = StreamState.OPEN, None
+            return LiveVerdict(False, self.state, True, None, len(self.window))
+        self.finding = finding or self.finding
+        return LiveVerdict(False, self.state, False, self.finding, len(self.window))

@@ -50,8 +50,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from lifelong_ray.config import Config, ModelSpec
-from lifelong_ray.data.guard import GuardFinding, History, check_batch
-from lifelong_ray.data.logs import ModelLogs, read_parquet_file
+from lifelong_ray.data.guard import LIVE_FEEDBACK_SOURCE, GuardFinding, History, check_batch
+from lifelong_ray.data.logs import ModelLogs, feedback_rows, read_parquet_file
 from lifelong_ray.data.quarantine import ROW_INDEX, ROW_REASON, NotReleasable, QuarantineEntry, QuarantineStore
 from lifelong_ray.data.schema import Rule, Schema
 from lifelong_ray.storage import Storage
@@ -226,14 +226,50 @@ def _recent_labeled(storage: Storage, spec: ModelSpec, numeric: list[str]) -> pa
     return pa.concat_tables(tables[::-1]).slice(max(0, n - HISTORY_ROWS))
 
 
+def recent_ingested(storage: Storage, spec: ModelSpec, rows: int) -> pa.Table:
+    """The newest ``rows`` batch-ingested labeled rows (no serving version), label and
+    features, found among the newest ~HISTORY_ROWS rows of the labeled log (bounded)."""
+    schema = Schema(spec)
+    columns = ["version", "label", *schema.names]
+    types = pa.schema([pa.field("version", pa.string()), pa.field("label", pa.int64()), *schema.arrow_fields()])
+    logs = ModelLogs(storage, spec.name)
+    tables, n, seen = [], 0, 0
+    for path in reversed(logs.live_files(logs.labeled_prefix)):
+        try:
+            table = read_parquet_file(storage, path, columns)
+        except (OSError, pa.ArrowException) as err:  # an old file of another schema: not history
+            log.warning("guard window: skipping %s (%s)", path, err)
+            continue
+        if table is None or any(c not in table.column_names for c in columns):
+            continue
+        seen += table.num_rows
+        table = table.select(columns).cast(types).filter(pc.is_null(table.column("version")))
+        tables.append(table)
+        n += table.num_rows
+        if n >= rows or seen >= HISTORY_ROWS:
+            break
+    if not tables:
+        return types.empty_table().drop_columns(["version"])
+    out = pa.concat_tables(tables[::-1]).drop_columns(["version"])
+    return out.slice(max(0, out.num_rows - rows))
+
+
 def guard_findings(storage: Storage, cfg: Config, labeled: pa.Table) -> list[GuardFinding]:
-    """The guard's findings on valid labeled rows (:func:`to_labeled` output), worst first."""
+    """The guard's findings on valid labeled rows (:func:`to_labeled` output), worst first.
+
+    A batch of fewer than ``data.guard_min_rows`` rows is judged together with the
+    newest batch-ingested rows before it (:func:`recent_ingested`), so small batches
+    accumulate instead of skipping the guard; only the new batch is quarantined."""
     from lifelong_ray.data.transform import columns_from_table
 
-    if labeled.num_rows < cfg.data.guard_min_rows:
-        return []
-    history, champion = load_history(storage, cfg)
     schema = Schema(cfg.model)
+    if labeled.num_rows < cfg.data.guard_min_rows:
+        before = recent_ingested(storage, cfg.model, cfg.data.guard_min_rows)
+        if before.num_rows:
+            labeled = pa.concat_tables([before, labeled.select(before.column_names).cast(before.schema)])
+    if labeled.num_rows < cfg.data.guard_min_rows:
+        return []  # the first rows ever ingested: too few to judge anything yet
+    history, champion = load_history(storage, cfg)
     columns = columns_from_table(labeled, schema)
     labels = labeled.column("label").to_numpy(zero_copy_only=False)
     pred = champion.predict(columns)[0] if champion is not None else None
@@ -325,6 +361,13 @@ def release_quarantined(storage: Storage, cfg: Config, entry_id: str, *, who: st
             f"{entry_id} was quarantined because its columns changed ({entry.message}); it cannot be released "
             f"as is: map its columns to the schema (or change the model's features) and ingest the fixed file")
     rows = store.rows(entry_id)
+    if entry.source == LIVE_FEEDBACK_SOURCE:  # live :feedback labels: back to the feedback log, joined as usual
+        intent = store.begin_release(entry_id, who, why, now)
+        logs = ModelLogs(storage, cfg.model.name)
+        path = logs.write(logs.feedback_prefix, feedback_rows(rows.column("request_id").to_pylist(),
+                                                              rows.column("label").to_pylist(), intent["t"]),
+                          intent["t"], file_id=f"release-{entry_id}")
+        return store.finish_release(entry_id, intent, rows.num_rows, path)
     rows = rows.drop_columns([c for c in rows.column_names if c.startswith("__")])
     label = entry.label or cfg.model.label.name
     problems = schema_problems(rows.schema, cfg.model, label)

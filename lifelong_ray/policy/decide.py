@@ -6,10 +6,13 @@ function; only where observations come from and how actions are carried out
 differ. Every change of course is an :class:`~lifelong_ray.events.Event` with a
 reason holding the numbers that drove it.
 
-Order within one tick: operator commands are taken in; the error budget may
-freeze or thaw rollouts; a finished retrain is taken in (gate, then shadow,
+Order within one tick: operator commands are taken in; actions the executor
+abandoned are reacted to (:mod:`~lifelong_ray.policy.failures`); the error budget may
+freeze or thaw rollouts; a finished retrain is taken in (a job past
+``training.timeout_seconds`` is cancelled and fails; else gate, then shadow,
 approval or canary, or first promotion); the shadow, the running canary step and
-a probation are analysed (advance, promote, roll back or hold); new drift
+a probation are analysed (advance, promote, roll back or hold), and one past its
+deadline is rolled back (:mod:`~lifelong_ray.policy.deadlines`); new drift
 windows update the monitors (a fired monitor requests a retrain); a pending
 retrain starts when rows, cooldown, budget and quota allow; versions out of
 traffic for long enough are retired. The pieces live in
@@ -33,6 +36,8 @@ from lifelong_ray.events import EventKind
 from lifelong_ray.policy.analysis import Verdict, gate
 from lifelong_ray.policy.lifecycle import RetrainStage, transition
 from lifelong_ray.policy.model import Action, ActionKind, ControllerState, Observations, RetrainOutcome
+from lifelong_ray.policy.deadlines import enforce_retrain_deadline, enforce_step_deadline
+from lifelong_ray.policy.failures import take_failed_actions
 from lifelong_ray.policy.operator import take_commands
 from lifelong_ray.policy.quota import impact_score
 from lifelong_ray.policy.retraining import (
@@ -58,11 +63,14 @@ def decide(state: ControllerState, obs: Observations, cfg: Config, now: float) -
     tick.s.seq += 1
     tick.s.last_tick_t = now
     take_commands(tick, obs)
+    obs = tick.obs = take_failed_actions(tick, obs)
     watch_budget(tick, obs)
+    obs = tick.obs = enforce_retrain_deadline(tick, obs)
     _take_retrain_outcome(tick, obs)
     analyze_shadow(tick, obs)
     analyze_canary(tick, obs)
     analyze_probation(tick, obs)
+    enforce_step_deadline(tick, obs)
     _watch_drift(tick, obs)
     bootstrap(tick, obs)
     schedule_settle(tick, obs)

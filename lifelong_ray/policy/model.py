@@ -27,6 +27,7 @@ class ActionKind(str, Enum):
     SET_ALIAS = "set_alias"            # registry alias `alias` -> `version` (None removes)
     SET_ROUTING = "set_routing"        # write routing table `weights`, generation `generation`
     RETIRE_VERSION = "retire_version"  # stop serving `version`
+    CANCEL_RETRAIN = "cancel_retrain"  # stop retrain job `job_id` (past training.timeout_seconds)
 
 
 class CommandKind(str, Enum):
@@ -244,6 +245,17 @@ class RetrainOutcome(BaseModel):
     replay_rows: int = 0
 
 
+class FailedAction(BaseModel):
+    """An action the executor gave up on after its retries (``controller.action_retries``),
+    with the queued actions skipped with it because they name the same version."""
+
+    action: Action
+    error: str
+    attempts: int = 1
+    skipped: list[Action] = Field(default_factory=list)
+    t: float = 0.0  # when it was abandoned
+
+
 class Observations(BaseModel):
     """What the observer saw; everything decide() may look at besides its state."""
 
@@ -259,3 +271,8 @@ class Observations(BaseModel):
     commands_unarchived: list[str] = Field(default_factory=list)  # keys taken in whose files are not archived yet
     shadow_stats: ShadowStats | None = None  # since the shadow started
     budget: BudgetStatus | None = None  # SLO error budgets (WindowTracker.budget); None: not measured
+    failed_actions: list[FailedAction] = Field(default_factory=list)  # abandoned since the last tick
+    serving_weights: dict[str, float] | None = None  # the routing table last written (None: not known)
+    # retrain jobs running now for other models on the same storage root (quota.max_concurrent_retrains);
+    # counted only while this model's retrain is pending
+    retrains_running: int = Field(default=0, ge=0)

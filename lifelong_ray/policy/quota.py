@@ -5,7 +5,8 @@
 the last hour, training CPU- and GPU-seconds in the last 24 h (rolling windows
 over :class:`RetrainRecord` starts), and the allowed UTC hours. An urgent retrain
 (a performance drift on a model that is burning its error budget) may start
-outside the allowed hours, never beyond the other limits. The cooldown after a
+outside the allowed hours, never beyond the other limits. Each blocking reason ends
+with the setting that blocks, e.g. ``(max_retrains_per_hour)``. The cooldown after a
 retrain is drift policy, not quota: it stays in :mod:`lifelong_ray.policy.decide`.
 
     >>> from lifelong_ray.config import QuotaConfig
@@ -13,10 +14,10 @@ retrain is drift policy, not quota: it stays in :mod:`lifelong_ray.policy.decide
     >>> hist = [RetrainRecord(start_t=t) for t in (79_500.0, 82_000.0)]
     >>> v = quota_blocker(hist, running=0, cfg=cfg, now=82_600.0)   # 22:56 UTC on day 0
     >>> v.allowed, v.reason, v.retry_at
-    (False, 'quota: 2/2 retrains in the last hour; next slot in 500s', 83100.0)
+    (False, 'quota: 2/2 retrains in the last hour; next slot in 500s (max_retrains_per_hour)', 83100.0)
     >>> v = quota_blocker(hist[:1], running=0, cfg=cfg, now=10_800.0)   # 03:00 UTC
     >>> print(v.reason)
-    quota: hour 03 UTC is outside the allowed hours [0, 1, 22, 23]; next window at 22:00 UTC in 68400s
+    quota: hour 03 UTC is outside the allowed hours [0, 1, 22, 23]; next window at 22:00 UTC in 68400s (allowed_hours)
     >>> quota_blocker(hist[:1], running=0, cfg=cfg, now=10_800.0, urgent=True).allowed
     True
 
@@ -82,31 +83,32 @@ def quota_blocker(history: list[RetrainRecord], running: int, cfg: QuotaConfig, 
     >>> v.blockers, v.retry_at
     ([<Blocker.CONCURRENCY: 'concurrency'>, <Blocker.CPU_DAY: 'cpu_day'>], 86400.0)
     >>> for part in v.reason.split("; quota: "): print(part)
-    quota: 1/1 retrains running; next slot when one finishes
-    1200/1000 CPU-seconds in the last 24h; next slot in 85800s
+    quota: 1/1 retrains running; next slot when one finishes (max_concurrent_retrains)
+    1200/1000 CPU-seconds in the last 24h; next slot in 85800s (cpu_seconds_per_day)
     >>> print(quota_blocker([], running=0, cfg=cfg, now=600).reason)
     quota: ok: 0/1 running, 0/6 in the last hour, 0/1000 CPU-seconds in the last 24h
     """
     blocks: list[tuple[Blocker, str, float | None]] = []
     if running >= cfg.max_concurrent_retrains:
         blocks.append((Blocker.CONCURRENCY, f"{running}/{cfg.max_concurrent_retrains} retrains running;"
-                                            f" next slot when one finishes", None))
+                                            f" next slot when one finishes (max_concurrent_retrains)", None))
     recent = sorted(r.start_t for r in history if 0 <= now - r.start_t < HOUR)
     if cfg.max_retrains_per_hour == 0:
         blocks.append((Blocker.PER_HOUR, "max_retrains_per_hour is 0: retrains are disabled", None))
     elif len(recent) >= cfg.max_retrains_per_hour:
         at = recent[len(recent) - cfg.max_retrains_per_hour] + HOUR  # enough starts have left the hour
         blocks.append((Blocker.PER_HOUR, f"{len(recent)}/{cfg.max_retrains_per_hour} retrains in the last hour;"
-                                         f" next slot in {at - now:.0f}s", at))
+                                         f" next slot in {at - now:.0f}s (max_retrains_per_hour)", at))
     usage = []
-    for blocker, name, limit, used_of in ((Blocker.CPU_DAY, "CPU", cfg.cpu_seconds_per_day, _cpu),
-                                          (Blocker.GPU_DAY, "GPU", cfg.gpu_seconds_per_day, _gpu)):
+    for blocker, name, key, limit, used_of in (
+            (Blocker.CPU_DAY, "CPU", "cpu_seconds_per_day", cfg.cpu_seconds_per_day, _cpu),
+            (Blocker.GPU_DAY, "GPU", "gpu_seconds_per_day", cfg.gpu_seconds_per_day, _gpu)):
         if limit is None:
             continue
         used, at = _daily(history, used_of, limit, now)
         usage.append(f"{used:.0f}/{limit:.0f} {name}-seconds in the last 24h")
         if at is not None:
-            blocks.append((blocker, f"{usage[-1]}; next slot in {at - now:.0f}s", at))
+            blocks.append((blocker, f"{usage[-1]}; next slot in {at - now:.0f}s ({key})", at))
     hours = _hours_blocker(cfg.allowed_hours, now)
     if hours is not None and not urgent:
         blocks.append((Blocker.HOURS, *hours))
@@ -157,7 +159,7 @@ def _hours_blocker(allowed: list[int] | None, now: float) -> tuple[str, float] |
     ahead = next(k for k in range(1, 25) if (hour + k) % 24 in allowed)
     at = (hour_index + ahead) * HOUR
     return (f"hour {hour:02d} UTC is outside the allowed hours {sorted(allowed)};"
-            f" next window at {(hour + ahead) % 24:02d}:00 UTC in {at - now:.0f}s", at)
+            f" next window at {(hour + ahead) % 24:02d}:00 UTC in {at - now:.0f}s (allowed_hours)", at)
 
 
 # -- the queue of deferred retrains -------------------------------------------------

@@ -190,7 +190,7 @@ def schedule_retrain(tick: Tick, obs: Observations) -> None:
              urgent=q.get("urgent", True), kind=q.get("kind"), impact=q.get("impact", 0.0))
     if s.retrain != RetrainStage.PENDING or s.paused:
         return
-    key, blocked, retry_at = _blocker(s, cfg, tick.now)
+    key, blocked, retry_at = _blocker(s, cfg, tick.now, obs.retrains_running)
     if blocked:
         if key != s.retrain_deferred_reason.split("|")[0]:
             when = f"; it runs when allowed (next check at t={retry_at:.0f})" if retry_at is not None else ""
@@ -267,8 +267,9 @@ def schedule_online(tick: Tick, obs: Observations) -> None:
               job_kind="online")
 
 
-def _blocker(s: ControllerState, cfg: Config, now: float) -> tuple[str, str, float | None]:
-    """What keeps the pending retrain from starting now: (key, reason, retry_at); ("", "", None) if nothing."""
+def _blocker(s: ControllerState, cfg: Config, now: float, running: int = 0) -> tuple[str, str, float | None]:
+    """What keeps the pending retrain from starting now: (key, reason, retry_at); ("", "", None) if nothing.
+    ``running``: retrain jobs of other models on the same storage root running now."""
     if s.budget_frozen and not s.retrain_urgent:
         return "budget", f"budget: {s.budget_reason}; a retrain that only refreshes a healthy model waits", None
     if s.last_retrain_finished_t is not None:
@@ -276,7 +277,7 @@ def _blocker(s: ControllerState, cfg: Config, now: float) -> tuple[str, str, flo
         if left > 0:
             return ("cooldown", f"cooldown: {left:.0f}s left of {cfg.drift.cooldown_seconds:.0f}s after the last"
                                 f" retrain", now + left)
-    verdict = quota_blocker(s.retrain_history, 0, cfg.quota, now, urgent=s.retrain_urgent)
+    verdict = quota_blocker(s.retrain_history, running, cfg.quota, now, urgent=s.retrain_urgent)
     if not verdict.allowed:
         return ",".join(sorted(b.value for b in verdict.blockers)), verdict.reason, verdict.retry_at
     return "", "", None

@@ -50,6 +50,8 @@ from lifelong_ray.data.segments import open_segment_tables
 from lifelong_ray.serving.feedback import read_log_table, served_rows
 from lifelong_ray.storage import Storage
 
+#: the most candidates one label-requests call considers (the newest served requests)
+MAX_POOL_ROWS = 100_000
 #: fewer pooled requests than this give no drift weight (PSI on a handful of rows is noise)
 MIN_DRIFT_ROWS = 50
 #: PSI terms floor both shares at this, as :func:`lifelong_ray.drift.stats.psi` does
@@ -193,22 +195,37 @@ def _as_column(col: pa.ChunkedArray, categorical: bool) -> np.ndarray:
     return col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
-def load_label_pool(storage: Storage, schema: Schema, *, now: float, horizon_s: float) -> LabelPool:
-    """Served requests of the last ``horizon_s`` seconds that have no label yet."""
+def load_label_pool(storage: Storage, schema: Schema, *, now: float, horizon_s: float,
+                    max_rows: int = MAX_POOL_ROWS) -> LabelPool:
+    """Served requests of the last ``horizon_s`` seconds that have no label yet: the
+    newest ``max_rows`` of them at most. Only the log files of that span are read
+    (:func:`~lifelong_ray.serving.reads.files_in_window`), newest first, so the cost
+    does not grow with the history kept."""
+    from lifelong_ray.serving.feedback import CLOCK_SKEW_S
+    from lifelong_ray.serving.reads import files_in_window
+
     logs = ModelLogs(storage, schema.spec.name)
     categorical = {f.name for f in schema.features if f.dtype == "category"}
-    labeled: set[str] = set()
-    for path in storage.list(logs.feedback_prefix, suffix=".parquet"):
-        labeled.update(read_log_table(storage, path, ["request_id"], served_only=False)
-                       .column("request_id").to_pylist())
     cols = ["request_id", "t", "version", "confidence", *schema.names]
+    since = now - horizon_s
     # the open segments first (answers of the last data.log_seal_seconds), then the log: a seal
     # in between puts a row in both, and the first copy is kept
     tables = [served_rows(t).select([c for c in cols if c in t.column_names])
               for t in open_segment_tables(storage, logs.predictions_prefix)]
-    for path in storage.list(logs.predictions_prefix, suffix=".parquet"):
-        tables.append(read_log_table(storage, path, cols, served_only=True))
-    tables = [t for t in (t.filter(pc.greater_equal(t.column("t"), now - horizon_s)) for t in tables) if t.num_rows]
+    rows = sum(t.num_rows for t in tables)
+    for path in reversed(files_in_window(storage, logs.predictions_prefix, since)):
+        if rows >= max_rows:
+            break
+        table = read_log_table(storage, path, cols, served_only=True)
+        table = table.filter(pc.greater_equal(table.column("t"), since))
+        tables.append(table)
+        rows += table.num_rows
+    tables = [t for t in (t.filter(pc.greater_equal(t.column("t"), since)) for t in tables) if t.num_rows]
+    oldest = min((pc.min(t.column("t")).as_py() for t in tables), default=now)
+    labeled: set[str] = set()  # a label is written after its prediction: newer files only
+    for path in files_in_window(storage, logs.feedback_prefix, oldest - CLOCK_SKEW_S):
+        labeled.update(read_log_table(storage, path, ["request_id"], served_only=False)
+                       .column("request_id").to_pylist())
     if not tables:
         return LabelPool([], np.empty(0), [], np.empty(0), {n: np.empty(0) for n in schema.names})
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -59,6 +59,21 @@ def resolve_token(env_name: str, token_file: str | None, environ: Mapping[str, s
     return token or None
 
 
+def admin_disabled_message(model: str, env_name: str | None, err: Exception | None) -> str:
+    """What a 403 of a model without an admin token says: why, and how to configure one.
+
+    >>> msg = admin_disabled_message("iris", "LIFELONG_ADMIN_TOKEN", None)
+    >>> msg.startswith("admin API disabled: no admin token is configured for model 'iris'"), "$LIFELONG_ADMIN_TOKEN" in msg
+    (True, True)
+    """
+    why = f"the token file is unusable ({err})" if err is not None else \
+        f"no admin token is configured for model {model!r}"
+    env = f"${env_name}" if env_name else "the variable named by serving.admin_token_env"
+    return (f"admin API disabled: {why}; set serving.admin_token_file to a file holding the token, or export "
+            f"{env} (e.g. `export {env_name or 'LIFELONG_ADMIN_TOKEN'}=$(openssl rand -hex 32)`) before "
+            "`lifelong up` deploys the ingress, then send Authorization: Bearer <token>")
+
+
 def check_bearer(authorization: str | None, token: str | None) -> Auth:
     """Check an ``Authorization`` header against ``token`` in constant time."""
     if token is None:
@@ -78,8 +93,9 @@ class AdminRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"why": "canary p95 doubled after the deploy", "who": "ana"}]})
 
-    why: str | None = Field(default=None, description="required, non-empty: recorded in the audit log")
-    who: str | None = Field(default=None, max_length=200, description='the operator; default "http"')
+    why: str | None = Field(default=None, description="required, non-empty: recorded in the audit log "
+                                                      "(at most serving.max_why_chars)")
+    who: str | None = Field(default=None, description='the operator; default "http" (at most serving.max_who_chars)')
 
 
 class ApproveRequest(AdminRequest):

@@ -70,7 +70,6 @@ from lifelong_ray.data.answers import AnswerLog
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, feedback_rows
 from lifelong_ray.data.segments import seal_orphans
 from lifelong_ray.data.schema import Schema
-from lifelong_ray.events import AuditLog
 from lifelong_ray.policy.model import CommandKind
 from lifelong_ray.serving import metrics as M
 from lifelong_ray.serving import active
@@ -81,13 +80,17 @@ from lifelong_ray.serving.admin import (
     ApproveRequest,
     Auth,
     CommandAccepted,
+    admin_disabled_message,
     check_bearer,
     resolve_token,
 )
-from lifelong_ray.serving.bodylimit import BodyLimit
+from lifelong_ray.serving.bodylimit import BodyLimit, check_length
 from lifelong_ray.serving.faults import NO_FAULT, FaultSpec, draw_fault, read_faults
-from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, check_items
+from lifelong_ray.serving.feedback import DEFAULT_INDEX_CAPACITY, FeedbackBook, Rejected, RejectCode, check_items
+from lifelong_ray.serving.feedback_guard import LiveLabelGuard
 from lifelong_ray.serving.local import LocalVersions
+from lifelong_ray.serving.readiness import readiness
+from lifelong_ray.serving.reads import MAX_SHOWN_VERSIONS, TTLCache, event_tail, shown_versions
 from lifelong_ray.serving.routing import RoutingTable, choose_version, read_routing, should_shadow
 from lifelong_ray.storage import Storage
 
@@ -132,7 +135,8 @@ class PredictRequest(BaseModel):
     instances: list[dict[str, Any]] = Field(
         description="rows of feature: value; every feature of the model, nothing else")
     key: str | None = Field(
-        default=None, description="optional routing key: requests with the same key reach the same version")
+        default=None, description="optional routing key: requests with the same key reach the same version "
+                                  "(at most serving.max_key_chars characters, else 422)")
 
 
 class PredictResponse(BaseModel):
@@ -154,7 +158,7 @@ class FeedbackRequest(BaseModel):
 class Rejection(BaseModel):
     request_id: str | None
     code: str = Field(description="reason code: unexpected, missing, format, label_domain, "
-                                  "unknown_request_id, expired, duplicate")
+                                  "unknown_request_id, expired, duplicate, quarantined")
     reason: str = Field(description="the field, the code and what was wrong, in words")
 
 
@@ -168,6 +172,13 @@ class ViolationOut(BaseModel):
     field: str
     rule: str
     message: str
+
+
+class ReadyResponse(BaseModel):
+    model: str
+    ready: bool
+    reason: str
+    routing_generation: int
 
 
 class ErrorResponse(BaseModel):
@@ -346,14 +357,18 @@ def _admin_auth(request: Request, model: str,
     """FastAPI dependency of every admin route; runs before the body is validated."""
     kind = request.url.path.rsplit(":", 1)[-1]
     label = _model_label(model)
-    if model not in _ADMIN_TOKENS:
-        return  # unknown model: the route answers 404
-    auth = check_bearer(authorization, _ADMIN_TOKENS[model])
+    if model not in _SERVED:  # fail closed: nothing passes without a published token
+        M.REJECTED.labels(model=label, rule="unknown_model").inc()
+        raise _ApiError(404, f"unknown model {model!r}; served models: {sorted(_SERVED)}", [
+            _violation(None, "model", "unknown_model", f"model {model!r} is not served here")])
+    # a served model whose token was never resolved is treated as having none
+    auth = check_bearer(authorization, _ADMIN_TOKENS.get(model))
     if auth == Auth.OK:
         return
     if auth == Auth.DISABLED:
         M.ADMIN_COMMANDS.labels(model=label, kind=kind, result="disabled").inc()
-        raise _ApiError(403, _ADMIN_DISABLED.get(model, "admin API disabled"))
+        raise _ApiError(403, _ADMIN_DISABLED.get(model) or admin_disabled_message(model, None, None), [_violation(
+            None, "authorization", "no_token_configured", "no admin token is configured for this model")])
     M.ADMIN_COMMANDS.labels(model=label, kind=kind, result="unauthorized").inc()
     challenge = 'Bearer realm="lifelong"' + (', error="invalid_token"' if auth == Auth.INVALID else "")
     raise _ApiError(401, _AUTH_ERRORS[auth], [_violation(None, "authorization", auth.value, _AUTH_ERRORS[auth])],
@@ -437,6 +452,10 @@ class _Model:
         self.answers = AnswerLog(self.logs, self.schema, segments=cfg.data.log_segments,
                                  seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
         self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
+        self.live_guard = LiveLabelGuard(cfg, self.storage, capacity=index_capacity)
+        #: status and label-request snapshots, a second old at most (serving/reads.py)
+        self.snapshots = TTLCache()
+        self._registry: Any = None
         self.table = RoutingTable(model=self.name)
         self.table_seen_at = time.monotonic()
         self.faults: FaultSpec | None = None
@@ -447,6 +466,14 @@ class _Model:
             from lifelong_ray.registry.store import Registry
 
             self.local = LocalVersions(Registry(self.storage, self.name).load)
+
+    def registry(self) -> Any:
+        """This model's registry, kept: version metadata is immutable and cached in it."""
+        if self._registry is None:
+            from lifelong_ray.registry.store import Registry
+
+            self._registry = Registry(self.storage, self.name)
+        return self._registry
 
     async def adopt(self, table: RoutingTable) -> None:
         """Switch to ``table``; in ingress placement, load the versions it names first (and
@@ -538,10 +565,10 @@ def _publish(cfg: Config) -> None:
     _BODY_LIMITS[name] = cfg.serving.max_body_bytes
     try:
         _ADMIN_TOKENS[name] = resolve_token(env, cfg.serving.admin_token_file, os.environ)
-        _ADMIN_DISABLED[name] = f"admin API disabled: set ${env} when deploying the ingress, or serving.admin_token_file"
+        _ADMIN_DISABLED[name] = admin_disabled_message(name, env, None)
     except AdminTokenError as err:
         logger.error("admin API of %s disabled: %s", name, err)
-        _ADMIN_TOKENS[name], _ADMIN_DISABLED[name] = None, f"admin API disabled: {err}"
+        _ADMIN_TOKENS[name], _ADMIN_DISABLED[name] = None, admin_disabled_message(name, env, err)
 
 
 def apply_switch_interval(cfgs: list[Config]) -> float:
@@ -591,6 +618,7 @@ class Ingress:
             except Exception:  # noqa: BLE001 - keep serving; the poller retries
                 logger.exception("could not read the routing table or faults of %s", m.name)
         self._rng = random.Random()
+        self._snapshots = TTLCache()  # the /ui page's data
         self._background: set[asyncio.Task] = set()
         periods = [m.cfg.serving.routing_poll_seconds for m in self._models.values()] or [1.0]
         self._poll_period = min(periods)
@@ -725,6 +753,7 @@ class Ingress:
                                          alone=self._inflight <= 1)
         if not shadow and error is None:
             m.book.served_now(None if m.answers.segmented else path, request_ids, t)
+            m.live_guard.served_now(request_ids, labels or ())
 
     async def _log_failure(self, m: _Model, version: str, err: BaseException, **kw: Any) -> str:
         M.VERSION_ERRORS.labels(model=m.name, version=version, kind=_error_kind(err)).inc()
@@ -783,6 +812,10 @@ class Ingress:
             M.REJECTED.labels(model=model, rule="max_items").inc()
             raise _ApiError(422, "invalid instances", [_violation(
                 None, "instances", "max_items", f"instances holds {n} rows; at most {limit} per request")])
+        too_long = check_length("key", body.key, m.cfg.serving.max_key_chars, "serving.max_key_chars")
+        if too_long:
+            M.REJECTED.labels(model=model, rule="max_length").inc()
+            raise _ApiError(422, "invalid request", [too_long])
         cols, violations = m.schema.validate_records(body.instances)
         if violations:
             M.REJECTED.labels(model=model, rule=violations[0].rule.value).inc()
@@ -842,7 +875,11 @@ class Ingress:
         except Exception as err:  # noqa: BLE001 - e.g. the logs are unreadable: retry later, nothing taken
             logger.exception("feedback check failed for %s", model)
             raise _ApiError(503, f"could not check the labels against the logs: {type(err).__name__}: {err}") from None
-        rejected = sorted([*rejected, *more], key=lambda r: r.index)
+        rejected = [*rejected, *more]
+        if accepted:
+            accepted, held = await self._guard_labels(m, accepted, now)
+            rejected += held
+        rejected = sorted(rejected, key=lambda r: r.index)
         if accepted:
             ids, labels = [c.request_id for c in accepted], [c.label for c in accepted]
             write = asyncio.ensure_future(m.feedback_log.append(lambda t: feedback_rows(ids, labels, t), len(ids),
@@ -864,13 +901,34 @@ class Ingress:
             M.FEEDBACK.labels(model=model, outcome="rejected", reason=r.code.value).inc()
         return {"accepted": len(accepted), "rejected": [r.to_json() for r in rejected]}
 
+    @staticmethod
+    async def _guard_labels(m: _Model, accepted: list, now: float) -> tuple[list, list[Rejected]]:
+        """The live label guard (serving/feedback_guard.py): labels of a collapsing stream
+        go to the quarantine store, durably, instead of the feedback log."""
+        await m.live_guard.ensure_prior(m.table.champion)
+        accepted, held, verdict = m.live_guard.judge(accepted)
+        if not held:
+            return accepted, []
+        try:
+            entry = await asyncio.to_thread(m.live_guard.quarantine, held, verdict, now)
+        except Exception as err:  # noqa: BLE001 - never a 2xx for labels that are not durable anywhere
+            logger.exception("could not quarantine feedback of %s", m.name)
+            raise _ApiError(503, f"could not persist the labels: {type(err).__name__}: {err}") from None
+        finally:
+            m.book.settle(held, None, now)  # not labeled: a release (or a later label) may take the id
+        why = f"quarantined as {entry.id} ({m.live_guard.message(verdict)})"
+        return accepted, [Rejected(c.index, c.request_id, RejectCode.QUARANTINED, f"labels[{c.index}].label: {why}")
+                          for c in held]
+
     @api.get("/v1/models/{model}/label-requests", response_model=LabelRequests,
              responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def label_requests(self, model: str, budget: int = Query(
             default=10, ge=1, le=MAX_LABEL_BUDGET, description="how many request ids to return at most")) -> Any:
         """Served, unlabeled, unexpired requests whose labels would help most (see serving/active.py)."""
         m = self._model(model)
-        out = await asyncio.to_thread(active.label_requests, m.cfg, budget, now=time.time(), storage=m.storage)
+        # a snapshot per budget, fresh after this replica takes labels (their ids leave the pool)
+        out = await m.snapshots.get_or_compute(("label-requests", budget, m.book.settles), lambda: asyncio.to_thread(
+            active.label_requests, m.cfg, budget, now=time.time(), storage=m.storage))
         M.LABEL_REQUESTS.labels(model=model).inc(len(out.items))
         return JSONResponse(_json_safe(out.model_dump(mode="json")))
 
@@ -882,6 +940,14 @@ class Ingress:
         if not why:
             raise _invalid_admin(model, kind.value, "why", "missing", "required, a non-empty reason (it goes to the "
                                                                       "audit log)")
+        limits = m.cfg.serving
+        for field, value, limit, setting in (("why", why, limits.max_why_chars, "serving.max_why_chars"),
+                                             ("who", body.who if body else None, limits.max_who_chars,
+                                              "serving.max_who_chars")):
+            too_long = check_length(field, value, limit, setting)
+            if too_long:
+                M.ADMIN_COMMANDS.labels(model=model, kind=kind.value, result="invalid").inc()
+                raise _ApiError(422, "invalid request", [too_long])
         who = (body.who or "").strip() or "http"
         try:
             cmd = await asyncio.to_thread(submit_command, m.storage, m.name, kind, version=version, who=who,
@@ -942,10 +1008,13 @@ class Ingress:
     @api.get("/v1/models/{model}", response_model=ModelStatus, responses={404: {"model": ErrorResponse}})
     async def model_status(self, model: str) -> Any:
         m = self._model(model)
-        status = await asyncio.to_thread(self._status, m)
-        return JSONResponse(_json_safe(status))
+        status = await m.snapshots.get_or_compute(
+            ("status", m.table.generation), lambda: asyncio.to_thread(lambda: _json_safe(self._status(m))))
+        return JSONResponse(status)
 
     def _status(self, m: _Model) -> dict[str, Any]:
+        """The status document: bounded reads only (the newest versions plus those routed
+        or aliased, the audit log's tail), served from a snapshot for SNAPSHOT_TTL_S."""
         features = []
         for f in m.cfg.model.features:
             d: dict[str, Any] = {"name": f.name, "dtype": f.dtype, "nullable": f.nullable}
@@ -966,17 +1035,22 @@ class Ingress:
             "last_events": [],
         }
         try:
-            from lifelong_ray.registry.store import Registry
-
-            reg = Registry(m.storage, m.name)
-            for item in reg.list_versions():
-                v = item.get("version") if isinstance(item, dict) else str(item)
+            reg = m.registry()
+            aliases = dict(reg.aliases())
+            versions = reg.list_versions()
+            keep = {*aliases.values(), *m.table.weights, *(v for v in (m.table.champion, m.table.shadow) if v)}
+            shown = shown_versions(versions, keep)
+            if len(shown) < len(versions):
+                out["versions_total"] = len(versions)
+                out["versions_note"] = (f"{len(shown)} of {len(versions)} versions shown: the newest "
+                                        f"{MAX_SHOWN_VERSIONS} and those routed or aliased")
+            for v in shown:
                 try:
-                    md = reg.metadata(v)
+                    md = reg.metadata(v)  # versions are immutable: the registry caches it
                 except Exception as err:  # noqa: BLE001
                     md = {"error": f"metadata unreadable: {err}"}
                 out["versions"].append({"version": v, **_metadata_summary(md)})
-            out["aliases"] = dict(reg.aliases())
+            out["aliases"] = aliases
         except Exception as err:  # noqa: BLE001 - status must answer even with a broken registry
             out["registry_error"] = f"{type(err).__name__}: {err}"
         try:
@@ -986,7 +1060,7 @@ class Ingress:
         except Exception as err:  # noqa: BLE001
             out["controller_error"] = f"{type(err).__name__}: {err}"
         try:
-            out["last_events"] = [e.to_json() for e in AuditLog(m.storage, m.name).read()[-10:]]
+            out["last_events"] = [e.to_json() for e in event_tail(m.storage, m.name, 10)]
         except Exception as err:  # noqa: BLE001
             out["events_error"] = f"{type(err).__name__}: {err}"
         return out
@@ -1000,12 +1074,31 @@ class Ingress:
         from lifelong_ray.serving import ui
 
         models = list(self._models.values())
-        views = await asyncio.to_thread(lambda: [ui.gather(m.storage, m.cfg, m.table) for m in models])
+        key = ("ui", tuple(m.table.generation for m in models))
+        views = await self._snapshots.get_or_compute(key, lambda: asyncio.to_thread(
+            lambda: [ui.gather(m.storage, m.cfg, m.table, registry=m.registry()) for m in models]))
         return HTMLResponse(ui.render_page(views, now=time.time()), headers=ui.SECURITY_HEADERS)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/v1/models/{model}/ready", response_model=ReadyResponse,
+             responses={404: {"model": ErrorResponse}, 503: {"model": ReadyResponse}})
+    async def ready(self, model: str) -> JSONResponse:
+        """200 when every version with weight can be called now, else 503 with the reason
+        (``lifelong up`` waits on it; a load balancer's readiness probe may too)."""
+        m = self._model(model)
+        ok, reason = readiness(m.table, lambda v: self._callable(m, v))
+        body = {"model": model, "ready": ok, "reason": reason, "routing_generation": m.table.generation}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
+
+    def _callable(self, m: _Model, version: str) -> bool:
+        """Whether a call to ``version`` can be answered now (its app runs, or it is loaded here)."""
+        if m.local is not None:
+            return m.local.get(version) is not None
+        return (self._apps is not None and self._apps_at > m.table_seen_at
+                and version_app_name(m.name, version) in self._apps)
 
     @api.get("/metrics", response_class=PlainTextResponse, responses={200: {
         "description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}})

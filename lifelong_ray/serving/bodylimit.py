@@ -12,6 +12,10 @@ The 413 answer is JSON in the ingress's error format, naming the limit::
     {"error": "request body too large",
      "violations": [{"index": null, "field": "body", "rule": "max_body_bytes",
                      "message": "body: 5000000 bytes is over the limit of 4194304 bytes (serving.max_body_bytes)"}]}
+
+:func:`check_length` bounds single string fields the same way (a 422 naming the
+field, the rule ``max_length`` and the setting): the routing ``key`` of a predict,
+``who`` and ``why`` of an admin command.
 """
 
 from __future__ import annotations
@@ -92,3 +96,19 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return _receive
+
+
+def check_length(field: str, value: str | None, limit: int, setting: str) -> dict | None:
+    """The violation (``{"index", "field", "rule", "message"}``) of a string field over
+    ``limit`` characters, else None. Bounds what one request may make the ingress
+    store (a routing key is logged with every row) or put in the audit log.
+
+    >>> check_length("key", "k" * 300, 256, "serving.max_key_chars")["message"]
+    'key: 300 characters; at most 256 (serving.max_key_chars)'
+    >>> check_length("key", None, 256, "serving.max_key_chars") is None
+    True
+    """
+    if value is None or len(value) <= limit:
+        return None
+    return {"index": None, "field": field, "rule": "max_length",
+            "message": f"{field}: {len(value)} characters; at most {limit} ({setting})"}

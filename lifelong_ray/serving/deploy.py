@@ -195,12 +195,31 @@ def deploy_version(cfg: Config, version: str) -> None:
     try:
         serve.run(app, name=name, route_prefix=None)
         _wait_running(name)
-    except Exception:
+    except Exception as err:
+        cause = _failure_cause(name)
         try:
             serve.delete(name, _blocking=False)
         except Exception:  # noqa: BLE001 - report the original error
             pass
+        if cause and cause not in str(err):
+            raise RuntimeError(f"{err} ({cause})") from err
         raise
+
+
+def _failure_cause(name: str) -> str:
+    """The last line of the error a failed app's deployments report (e.g. the exception
+    its constructor raised), for the controller's ``action_failed`` reason."""
+    try:
+        app = serve.status().applications.get(name)
+    except Exception:  # noqa: BLE001 - the cause is a courtesy
+        return ""
+    if app is None:
+        return ""
+    for d in app.deployments.values():
+        lines = [ln.strip() for ln in str(getattr(d, "message", "") or "").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:300]
+    return ""
 
 
 def retire_version(cfg: Config, version: str) -> None:

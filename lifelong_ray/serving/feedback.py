@@ -80,6 +80,7 @@ class RejectCode(str, Enum):
     UNKNOWN_REQUEST = "unknown_request_id"  # not served by this model within the horizon
     EXPIRED = "expired"                  # served longer ago than data.label_horizon_seconds
     DUPLICATE = "duplicate"              # the request already has a label (the first one counts)
+    QUARANTINED = "quarantined"          # the live label guard diverted it to the quarantine store
 
 
 @dataclass(frozen=True)
@@ -225,10 +226,15 @@ class FileRead:
     t: np.ndarray
 
 
-def read_new_files(storage: Storage, prefix: str, known: set[str], served_only: bool) -> list[FileRead]:
-    """``request_id`` and ``t`` of each parquet file under ``prefix`` not in ``known``."""
+def read_new_files(storage: Storage, prefix: str, known: set[str], served_only: bool,
+                   since: float | None = None) -> list[FileRead]:
+    """``request_id`` and ``t`` of each parquet file under ``prefix`` not in ``known``
+    (with ``since``: only files that can hold rows at or after it, listed by partition)."""
+    from lifelong_ray.serving.reads import files_in_window
+
     out = []
-    for path in storage.list(prefix, suffix=".parquet"):
+    paths = storage.list(prefix, suffix=".parquet") if since is None else files_in_window(storage, prefix, since)
+    for path in paths:
         if path in known:
             continue
         table = read_log_table(storage, path, ["request_id", "t"], served_only)
@@ -266,8 +272,10 @@ def search_segments(storage: Storage, prefix: str, ids: set[str], served_only: b
 class LogIndex:
     """What one process knows of one log: an :class:`IdTimes` plus the time span of
     every file it wrote or read (``path -> (t_min, t_max)``; a few dozen bytes per
-    file, kept for every file so none is read twice: log retention and compaction
-    bound their number)."""
+    file, so none is read twice). Only files that can hold rows of the last
+    ``keep_seconds`` are listed and read (:func:`~lifelong_ray.serving.reads.files_in_window`),
+    and spans of files older than that are dropped: a lookup of an unknown id costs
+    the files of that span, not of the whole history."""
 
     def __init__(self, storage: Storage, prefix: str, *, served_only: bool, capacity: int,
                  keep_seconds: float, segments: bool = False) -> None:
@@ -299,6 +307,13 @@ class LogIndex:
             self.ids.add(r.ids, r.t, now)
         return hits
 
+    def forget_before(self, since: float) -> None:
+        """Drop the spans of files that cannot hold rows at or after ``since`` (never listed again)."""
+        from lifelong_ray.serving.reads import in_window
+
+        for path in [p for p in self.spans if not in_window(p, since)]:
+            del self.spans[path]
+
     def files_overlapping(self, lo: float, hi: float) -> list[str]:
         return [p for p, (a, b) in self.spans.items() if b >= lo and a <= hi]
 
@@ -317,8 +332,10 @@ class LogIndex:
             rest -= set(hits)
         if rest and time.monotonic() - self.listed_at >= max_age_s:
             listed = time.monotonic()
+            window = now - self.ids.keep_seconds - CLOCK_SKEW_S
+            self.forget_before(window)
             reads = await asyncio.to_thread(read_new_files, self.storage, self.prefix, set(self.spans),
-                                            self.served_only)
+                                            self.served_only, window)
             self.listed_at = listed
             hits.update(self.merge(reads, rest, now))
             rest -= set(hits)
@@ -351,6 +368,11 @@ class FeedbackBook:
         self._settles = 0
         self._running: Counter[int] = Counter()
         self._recent: list[tuple[int, set[str]]] = []
+
+    @property
+    def settles(self) -> int:
+        """How many label writes this book has settled (a change marks new labels)."""
+        return self._settles
 
     def served_now(self, path: str | None, ids: Sequence[str], t: float) -> None:
         """The ingress answered ``ids`` and wrote them to the log file ``path`` (None: to a

@@ -44,12 +44,14 @@ class LocalVersions:
     that a rollback to them needs no load.
     """
 
-    def __init__(self, load: Callable[[str], LoadedModel], keep: int = 4, retry_s: float = 30.0) -> None:
+    def __init__(self, load: Callable[[str], LoadedModel], keep: int = 4, retry_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._load = load
+        self._clock = clock
         self.keep = keep
         self.retry_s = retry_s
         self.loaded: dict[str, LoadedModel] = {}
-        self.failed: dict[str, tuple[float, str]] = {}   # version -> (monotonic time, error)
+        self.failed: dict[str, tuple[float, str]] = {}   # version -> (clock time, error)
         self._order: list[str] = []                     # most recently wanted last
         self._lock = threading.Lock()                    # one sync at a time
 
@@ -62,7 +64,7 @@ class LocalVersions:
 
     def needs_sync(self, table: RoutingTable) -> bool:
         """Whether ``table`` names a version not loaded whose (failed) load may be tried now."""
-        now = time.monotonic()
+        now = self._clock()
         return any(v not in self.loaded and (v not in self.failed or now - self.failed[v][0] >= self.retry_s)
                    for v in self.wanted(table))
 
@@ -75,7 +77,7 @@ class LocalVersions:
         with self._lock:
             want = self.wanted(table)
             pinned = set(want) | (set(self.wanted(current)) if current is not None else set())
-            now = time.monotonic()
+            now = self._clock()
             new = dict(self.loaded)
             missing = []
             for v in want:

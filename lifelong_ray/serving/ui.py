@@ -223,13 +223,17 @@ def _summary(md: Any) -> dict[str, Any]:
 
 
 def gather(storage: "Storage", cfg: "Config", table: "RoutingTable | None" = None, *,
-           max_events: int = MAX_EVENTS, max_files: int = MAX_LABELED_FILES) -> ModelView:
+           max_events: int = MAX_EVENTS, max_files: int = MAX_LABELED_FILES, registry: Any = None) -> ModelView:
     """Read one model's page data; a part that cannot be read becomes an entry of ``errors``.
 
-    ``table`` is the routing table the ingress routes with (read from storage if None)."""
+    ``table`` is the routing table the ingress routes with (read from storage if None);
+    ``registry`` one kept by the caller (its metadata cache spares re-reads). Reads are
+    bounded: the newest versions plus those routed or aliased, the audit log's newest
+    ``max_events`` events (:func:`~lifelong_ray.serving.reads.event_tail`), the newest
+    ``max_files`` labeled files."""
     from lifelong_ray.control.controller import state_path
-    from lifelong_ray.events import AuditLog
     from lifelong_ray.registry.store import Registry
+    from lifelong_ray.serving.reads import event_tail, shown_versions
     from lifelong_ray.serving.routing import read_routing
 
     name = cfg.model.name
@@ -239,13 +243,16 @@ def gather(storage: "Storage", cfg: "Config", table: "RoutingTable | None" = Non
     except Exception as err:  # noqa: BLE001 - the page answers with whatever it can read
         view.errors.append(f"routing table unreadable: {type(err).__name__}: {err}")
     try:
-        reg = Registry(storage, name)
-        for v in reg.list_versions():
+        reg = registry if registry is not None else Registry(storage, name)
+        aliases = dict(reg.aliases())
+        routed = set(view.routing.get("weights") or {}) | {v for v in (view.routing.get("champion"),
+                                                                       view.routing.get("shadow")) if v}
+        for v in shown_versions(reg.list_versions(), {*aliases.values(), *routed}):
             try:
                 view.versions.append({"version": v, **_summary(reg.metadata(v))})
             except Exception as err:  # noqa: BLE001
                 view.versions.append({"version": v, "error": f"metadata unreadable: {err}"})
-        view.aliases = dict(reg.aliases())
+        view.aliases = aliases
     except Exception as err:  # noqa: BLE001
         view.errors.append(f"registry unreadable: {type(err).__name__}: {err}")
     try:
@@ -255,7 +262,7 @@ def gather(storage: "Storage", cfg: "Config", table: "RoutingTable | None" = Non
     except Exception as err:  # noqa: BLE001
         view.errors.append(f"controller state unreadable: {type(err).__name__}: {err}")
     try:
-        events = AuditLog(storage, name).read()[-max_events:]
+        events = event_tail(storage, name, max_events)
         view.events = [EventView(t=e.t, kind=e.kind.value, version=e.version, reason=e.reason) for e in events]
     except Exception as err:  # noqa: BLE001
         view.errors.append(f"audit log unreadable: {type(err).__name__}: {err}")

@@ -14,6 +14,16 @@ The first ``bootstrap`` rows are labeled history that trains the first version.
 Time: the policy's seconds (cooldown, seconds per canary step, quota per hour)
 are read on a clock that runs at ``rate`` samples per second, as if the stream
 had been served at that rate; delays in the report are given in samples.
+
+Shadow, approvals and operators are played too, so any live config replays without
+stalling: a shadow version (``rollout.shadow_fraction``) answers the mirrored share of
+requests (:func:`~lifelong_ray.serving.routing.should_shadow`, as the live router), its
+answers are discarded and compared with the served ones as the live observer does
+(:class:`~lifelong_ray.policy.model.ShadowStats`); a rollout held for approval is
+approved by the settings' approval policy (``auto`` after ``approve_after`` samples,
+or ``never``), and scripted operator commands reach ``decide()`` at their sample
+(:mod:`lifelong_ray.sim.operators`). A rollout still held when the stream ends is in
+the report's ``summary.held`` with why.
 """
 
 from __future__ import annotations
@@ -36,10 +46,13 @@ from lifelong_ray.data.window import LABEL, WindowTooSmall, window_from_table
 from lifelong_ray.drift.reference import Reference
 from lifelong_ray.events import Event, EventKind
 from lifelong_ray.policy.decide import decide
-from lifelong_ray.policy.model import Action, ActionKind, ControllerState, Observations, RetrainOutcome
+from lifelong_ray.policy.lifecycle import RolloutStage
+from lifelong_ray.policy.model import (Action, ActionKind, ControllerState, Observations, OperatorCommand,
+                                       RetrainOutcome, ShadowStats)
 from lifelong_ray.registry.model import LoadedModel
 from lifelong_ray.registry.store import Registry
-from lifelong_ray.serving.routing import RoutingTable, choose_version
+from lifelong_ray.serving.routing import RoutingTable, choose_version, should_shadow
+from lifelong_ray.sim.operators import ApprovalPolicy, CommandScript, ScriptedCommand
 from lifelong_ray.sim.report import build_report, summarize_events
 from lifelong_ray.storage import Storage
 from lifelong_ray.training.retrain import STATUS_FAILED, train_and_register, window_config
@@ -56,6 +69,9 @@ class BacktestSettings:
     rate: float = 250.0          # samples per second of policy time
     drift_at: list[int] = field(default_factory=list)  # known drift onsets (stream row index)
     series_window: int = 500
+    approval: str = "auto"       # a rollout held for approval: "auto" (approve) or "never"
+    approve_after: int = 0       # samples a held candidate waits before "auto" approves it
+    commands: list[ScriptedCommand] = field(default_factory=list)  # scripted operator commands
 
 
 def infer_config(table: pa.Table, label: str, name: str = "backtest") -> Config:
@@ -105,6 +121,14 @@ class Backtest:
         self._outcomes: dict[str, tuple[int, RetrainOutcome]] = {}
         self.train_seconds = 0.0
         self.runners: set[str] = set()
+        # the shadow's mirrored answers (discarded, compared) and which rows' labels arrived
+        self.shadow_version = np.full(self.n, "", dtype=object)
+        self.shadow_prediction = np.full(self.n, -1, dtype=np.int64)
+        self.revealed = np.zeros(self.n, dtype=bool)
+        self.script = CommandScript(s.commands, self.model)
+        self.approval = ApprovalPolicy(s.approval, s.approve_after)  # type: ignore[arg-type]
+        self._held_since: tuple[str, str | None, int] | None = None  # (candidate, approval_for, sample)
+        self._shadow_stats: ShadowStats | None = None
 
     # -- the pieces the live system has as I/O -------------------------------------
     def _reference(self, version: str) -> Reference:
@@ -141,7 +165,7 @@ class Backtest:
             self.registry.set_alias(a.alias, a.version)
         elif a.kind == ActionKind.SET_ROUTING:
             self.routing = RoutingTable(model=self.model, generation=a.generation, weights=a.weights,
-                                        champion=a.champion)
+                                        champion=a.champion, shadow=a.shadow, shadow_fraction=a.shadow_fraction)
         elif a.kind == ActionKind.RETIRE_VERSION:
             self.models.pop(a.version or "", None)
 
@@ -179,6 +203,8 @@ class Backtest:
             obs.step_stats = self.tracker.step_stats(st.step_started_t)
         if st.retrain_job_id in self._outcomes:
             obs.retrain_outcome = self._outcomes[st.retrain_job_id][1]
+        obs.shadow_stats = self._shadow_stats = self._shadow_compare(st, i)
+        obs.commands = self._commands(i, now)
         d = decide(st, obs, self.cfg, now)
         for e in d.events:
             self.events.append(e.model_copy(update={"data": {**e.data, "sample": i}}))
@@ -186,6 +212,57 @@ class Backtest:
         for a in d.actions:
             self._execute(a, i)
         self.state = self.state.model_copy(update={"pending_actions": []})
+        self._track_hold(i)
+
+    # -- the people and the shadow, as the live observer sees them ---------------------------
+    def _commands(self, i: int, now: float) -> list[OperatorCommand]:
+        """Scripted commands due at sample ``i``, and the approval policy's approval."""
+        cmds = self.script.due(i, now)
+        if self._held_since is not None:
+            cand, what, since = self._held_since
+            auto = self.approval.approve(cand, what, since, i, model=self.model, t=now)
+            if auto is not None:
+                cmds.append(auto)
+        return cmds
+
+    def _track_hold(self, i: int) -> None:
+        st = self.state
+        if st.rollout != RolloutStage.APPROVAL or st.candidate is None:
+            self._held_since = None
+        elif self._held_since is None or self._held_since[:2] != (st.candidate, st.approval_for):
+            self._held_since = (st.candidate, st.approval_for, i)
+
+    def _shadow_compare(self, st: ControllerState, i: int) -> ShadowStats | None:
+        """The candidate's mirrored answers against the served ones since the shadow
+        started (the live observer's ``ShadowStats``, counted per row)."""
+        if st.shadow_started_t is None or st.candidate is None:
+            return None
+        lo = int(np.searchsorted(self.t, st.shadow_started_t, side="left"))
+        hi = min(i, self.n)
+        both = (self.shadow_version[lo:hi] == st.candidate) & (self.served_version[lo:hi] != "")
+        cand, champ, y = self.shadow_prediction[lo:hi][both], self.prediction[lo:hi][both], self.y[lo:hi][both]
+        labeled = self.revealed[lo:hi][both]
+        return ShadowStats(compared=int(both.sum()), agree=int((cand == champ).sum()), labeled=int(labeled.sum()),
+                           candidate_correct=int((cand == y)[labeled].sum()),
+                           champion_correct=int((champ == y)[labeled].sum()))
+
+    def _held(self) -> dict[str, Any] | None:
+        """What a rollout still waits for when the stream ends (None: nothing held)."""
+        st = self.state
+        if st.rollout == RolloutStage.STABLE or st.candidate is None:
+            return None
+        out: dict[str, Any] = {"version": st.candidate, "stage": st.rollout.value, "approval_for": st.approval_for}
+        if st.rollout == RolloutStage.APPROVAL:
+            since = self._held_since[2] if self._held_since else None
+            out["since_sample"] = since
+            out["reason"] = self.approval.held_reason(st.candidate, st.approval_for, since if since is not None else -1)
+        elif st.rollout == RolloutStage.SHADOW:
+            got = self._shadow_stats.compared if self._shadow_stats else 0
+            out["reason"] = (f"{st.candidate} still in shadow: {got}/{self.cfg.rollout.shadow_min_samples} compared"
+                             f" answers when the stream ended")
+        else:
+            out["reason"] = f"{st.candidate} still in stage {st.rollout.value} when the stream ended"
+        return out
 
     def run(self) -> dict[str, Any]:
         s = self.s
@@ -201,12 +278,17 @@ class Backtest:
             hi = min(lo + s.batch, self.n)
             while pending and pending[0][0] <= lo:
                 self._reveal(pending.pop(0)[1], served_buf)
-            version = choose_version(self.routing, None, f"{self.model}-{lo}")
+            request_id = f"{self.model}-{lo}"
+            version = choose_version(self.routing, None, request_id)
             if version is not None and version in self.models:
                 pred, _ = self.models[version].predict(self._rows(lo, hi))
                 self.prediction[lo:hi] = pred
                 self.served_version[lo:hi] = version
                 served_buf.append(self._served_frame(lo, hi, version, pred))
+                mirror = self.routing.shadow
+                if mirror and mirror != version and mirror in self.models and should_shadow(self.routing, request_id):
+                    self.shadow_prediction[lo:hi] = self.models[mirror].predict(self._rows(lo, hi))[0]
+                    self.shadow_version[lo:hi] = mirror
                 pending.append((hi + s.label_delay, np.arange(lo, hi)))
             else:  # nothing serves yet: the rows still become labeled history later
                 pending.append((hi + s.label_delay, np.arange(lo, hi)))
@@ -234,6 +316,7 @@ class Backtest:
     def _reveal(self, idx: np.ndarray, served_buf: list[pd.DataFrame]) -> None:
         self._flush(served_buf)  # a label never reaches the tracker before its prediction
         self._add_labeled(idx)
+        self.revealed[idx] = True
         served = idx[self.served_version[idx] != ""]
         if served.size:
             self.tracker.add_joined(pd.DataFrame({"t": self.t[served], "version": self.served_version[served],
@@ -287,6 +370,10 @@ class Backtest:
             "drift_points": drift_points,
             "engine_samples_per_second": (self.n - boot) / max(1e-9, engine_seconds - self.train_seconds),
             "versions": self.registry.list_versions(),
+            "approval_policy": self.approval.describe(),
+            "commands_scripted": len(self.s.commands),
+            "rollout_stage_at_end": self.state.rollout.value,
+            "held": self._held(),
         }
         series = {
             "sample": idx,

@@ -172,3 +172,72 @@ def test_up_status_history_down_on_a_fresh_ray(fresh_ray, tmp_path):
     finally:
         if not downed:
             lifelong("down", timeout=120)
+
+
+def _seed_a_champion(root: Path):
+    """Storage as `make demo` leaves it: a champion v0001 in the state, routing and aliases,
+    and (on this fresh Ray) no Serve application hosting it."""
+    import numpy as np
+
+    from lifelong_ray.config import load_config
+    from lifelong_ray.control.controller import state_path
+    from lifelong_ray.policy.model import ControllerState
+    from lifelong_ray.registry.store import Registry
+    from lifelong_ray.serving.routing import RoutingTable, write_routing
+    from lifelong_ray.storage import Storage
+
+    from itest_helpers import register_untrained
+
+    data = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    data["storage"]["root"] = str(root)
+    data["training"]["min_rows"] = 10**9     # no retrain: the champion stays the one seeded here
+    cfg_path = root.parent / "demo.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    cfg = load_config(cfg_path)
+    rng = np.random.default_rng(0)
+    cols = {f"x{i}": rng.normal(size=300) for i in range(5)}
+    cols["segment"] = rng.choice(np.array(["a", "b", "c"], dtype=object), 300)
+    v = register_untrained(cfg, cols)
+    storage = Storage(cfg.storage.root)
+    Registry(storage, "demo").set_alias("champion", v)
+    write_routing(storage, RoutingTable(model="demo", generation=1, weights={v: 100.0}, champion=v))
+    state = ControllerState(model="demo", seq=5, champion=v, champion_reference_accuracy=0.9,
+                            weights={v: 100.0}, routing_generation=1)
+    storage.write_json(state_path("demo"), state.model_dump(mode="json"))
+    return cfg_path, v
+
+
+def test_up_on_storage_with_a_champion_answers_every_predict_at_once_and_after_a_restart(fresh_ray, tmp_path):
+    """The restart outage: `up` on storage whose champion Serve does not run returned at once and
+    answered 503 (`version v0002 of demo is not deployed`) for as long as it ran. Now the
+    controller reconciles Serve with the state every tick and `up` returns once the model answers."""
+    address, _, auth = fresh_ray
+    config, champion = _seed_a_champion(tmp_path / "store")
+    port = _free_port()
+    env = {**os.environ, "RAY_ADDRESS": address, **auth}
+
+    def lifelong(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lifelong_ray", *argv], cwd=REPO, env=env, timeout=timeout,
+                              capture_output=True, text=True)
+
+    def predicts(n: int) -> list[int]:
+        body = {"instances": [{"x0": 0.1, "x1": -0.2, "x2": 0.3, "x3": 0.0, "x4": 1.0, "segment": "a"}]}
+        return [requests.post(f"http://127.0.0.1:{port}/v1/models/demo:predict", json=body, timeout=30).status_code
+                for _ in range(n)]
+
+    try:
+        for attempt in ("first up", "up after down"):
+            up = lifelong("up", str(config), "--port", str(port))
+            assert up.returncode == 0, f"{attempt}: {up.stderr[-3000:]}"
+            codes = predicts(20)
+            assert codes == [200] * 20, f"{attempt}: {codes}"
+            ready = requests.get(f"http://127.0.0.1:{port}/v1/models/demo/ready", timeout=10).json()
+            assert ready["ready"] and champion in ready["reason"], ready
+            down = lifelong("down")
+            assert down.returncode == 0, down.stderr[-3000:]
+        h = lifelong("history", "demo", "--json", "--kind", "serving_reconciled", "--config", str(config))
+        assert h.returncode == 0, h.stderr[-3000:]
+        redeploys = [e for e in json.loads(h.stdout) if e["version"] == champion]
+        assert len(redeploys) >= 2 and "deployed again" in redeploys[0]["reason"], redeploys
+    finally:
+        lifelong("down", timeout=120)

@@ -29,17 +29,17 @@ from itest_helpers import register_untrained, wait_for_generation, wait_for_seal
 
 pytestmark = pytest.mark.integration
 
-MODEL, OTHER = "fbtest", "fbnoadmin"
+MODEL, OTHER, GUARDED = "fbtest", "fbnoadmin", "fbguard"
 TOKEN_ENV, TOKEN = "FBTEST_ADMIN_TOKEN", "s3cret-" + uuid.uuid4().hex
 NO_TOKEN_ENV = "FBTEST_UNSET_ADMIN_TOKEN"
 HORIZON = 3600.0
 BODY_LIMIT = 2048
 
 
-def _config(name: str, root: str, token_env: str):
+def _config(name: str, root: str, token_env: str, **sections):
     from lifelong_ray.config import parse_config
 
-    return parse_config({
+    return parse_config({**sections, 
         "model": {"name": name, "features": [{"name": "x", "min": -10, "max": 10},
                                              {"name": "c", "dtype": "category", "categories": ["a", "b"]}],
                   "label": {"name": "y", "classes": [0, 1]}},
@@ -47,7 +47,7 @@ def _config(name: str, root: str, token_env: str):
         "data": {"label_horizon_seconds": HORIZON},
         "storage": {"root": root},
         "serving": {"routing_poll_seconds": 0.1, "max_instances_per_request": 50, "max_body_bytes": BODY_LIMIT,
-                    "admin_token_env": token_env},
+                    "admin_token_env": token_env, **sections.get("serving", {})},
     })
 
 
@@ -68,15 +68,18 @@ def app(serve_port, tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("fb-store"))
     cfg, other = _config(MODEL, root, TOKEN_ENV), _config(OTHER, root, NO_TOKEN_ENV)
+    guarded = _config(GUARDED, root, NO_TOKEN_ENV, serving={"version_placement": "ingress"})
     v1, v2 = _register_untrained(cfg, 1), _register_untrained(cfg, 2)
+    g1 = _register_untrained(guarded, 3)
     storage = Storage(root)
     write_routing(storage, RoutingTable(model=MODEL, generation=1, weights={v1: 100}, champion=v1))
+    write_routing(storage, RoutingTable(model=GUARDED, generation=1, weights={g1: 100}, champion=g1))
     deploy.deploy_version(cfg, v1)
     deploy.deploy_version(cfg, v2)
     os.environ[TOKEN_ENV] = TOKEN
     os.environ.pop(NO_TOKEN_ENV, None)
     try:
-        deploy.deploy_ingress([cfg, other])
+        deploy.deploy_ingress([cfg, other, guarded])
     finally:
         os.environ.pop(TOKEN_ENV, None)  # the replica got it at deploy time
     base = f"http://127.0.0.1:{serve_port}"
@@ -399,7 +402,9 @@ def test_admin_without_the_right_token_is_401_and_changes_nothing(app, token):
 def test_admin_disabled_without_a_token_is_403(app):
     r = _admin(app, "rollback", {"why": "x"}, model=OTHER)
     assert r.status_code == 403, r.text
-    assert r.json()["error"].startswith(f"admin API disabled: set ${NO_TOKEN_ENV}")
+    error = r.json()["error"]
+    assert error.startswith(f"admin API disabled: no admin token is configured for model {OTHER!r}"), error
+    assert f"${NO_TOKEN_ENV}" in error and "serving.admin_token_file" in error  # says how to configure one
     assert _commands(app, OTHER) == []
 
 
@@ -439,6 +444,76 @@ def test_approve_needs_a_registered_version(app, body, rule):
     r = _admin(app, "approve", body)
     assert r.status_code == 422, r.text
     assert [(v["field"], v["rule"]) for v in r.json()["violations"]] == [("version", rule)]
+
+
+@pytest.mark.parametrize("field, value, setting", [("who", "w" * 129, "serving.max_who_chars"),
+                                                   ("why", "y" * 2001, "serving.max_why_chars")])
+def test_admin_who_and_why_are_bounded(app, field, value, setting):
+    before = len(_commands(app))
+    body = {"why": "a reason", field: value}
+    r = _admin(app, "pause", body)
+    assert r.status_code == 422, r.text
+    (v,) = r.json()["violations"]
+    assert (v["field"], v["rule"]) == (field, "max_length") and setting in v["message"]
+    assert len(_commands(app)) == before
+
+
+# --------------------------------------------------------------------------------------
+# bounded inputs, the live label guard
+# --------------------------------------------------------------------------------------
+def test_a_routing_key_over_max_key_chars_is_422(app):
+    r = requests.post(_url(app, ":predict"), json={"instances": [{"x": 1.0, "c": "a"}], "key": "k" * 257},
+                      timeout=30)
+    assert r.status_code == 422, r.text
+    (v,) = r.json()["violations"]
+    assert (v["field"], v["rule"]) == ("key", "max_length") and "serving.max_key_chars" in v["message"]
+    ok = requests.post(_url(app, ":predict"), json={"instances": [{"x": 1.0, "c": "a"}], "key": "k" * 256},
+                       timeout=30)
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_flipped_live_label_stream_is_quarantined_before_it_reaches_the_feedback_log(app):
+    """Labels that agree with the served predictions pass; a stream of flipped ones is
+    diverted to the quarantine store (answered as rejected, code quarantined), never
+    written to the feedback log, and a release puts them there."""
+    from lifelong_ray.data.ingest import release_quarantined
+    from lifelong_ray.data.quarantine import QuarantineStore
+
+    def predict(n: int) -> list[tuple[str, int]]:
+        rng = np.random.default_rng(n)
+        r = requests.post(_url(app, ":predict", GUARDED), timeout=30, json={"instances": [
+            {"x": float(x), "c": "a"} for x in rng.uniform(-5, 5, n)]})
+        assert r.status_code == 200, r.text
+        return list(zip(r.json()["request_ids"], r.json()["predictions"]))
+
+    def label(pairs, flip: bool) -> dict:
+        r = requests.post(_url(app, ":feedback", GUARDED), timeout=30, json={"labels": [
+            {"request_id": rid, "label": (1 - p) if flip else p} for rid, p in pairs]})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    clean = [pair for _ in range(7) for pair in predict(45)]
+    for k in range(0, len(clean), 25):  # 315 labels agreeing with the predictions: window + baseline
+        assert label(clean[k:k + 25], flip=False)["accepted"] == len(clean[k:k + 25])
+    flipped = predict(40)
+    outcomes = [label(flipped[k:k + 10], flip=True) for k in range(0, 40, 10)]
+    held = [x for out in outcomes for x in out["rejected"] if x["code"] == "quarantined"]
+    assert held, outcomes
+    assert "disagree" in held[0]["reason"] and "quarantined as q" in held[0]["reason"]
+    held_ids = {x["request_id"] for x in held}
+    fb = set(pa.concat_tables([pq.read_table(app["storage"].path(f)) for f in app["storage"].list(
+        f"models/{GUARDED}/feedback", suffix=".parquet")]).column("request_id").to_pylist())
+    assert not held_ids & fb and {rid for rid, _ in clean} <= fb
+    store = QuarantineStore(app["storage"], GUARDED)
+    entries = [e for e in store.list() if e.source == "live_feedback"]
+    assert {rid for e in entries for rid in store.rows(e.id).column("request_id").to_pylist()} == held_ids
+    assert all(e.reason == "label_disagreement" for e in entries)
+    assert _metric(app, "lifelong_feedback_total", model=GUARDED, outcome="rejected", reason="quarantined") >= 1
+    guarded_cfg = _config(GUARDED, app["storage"].uri, NO_TOKEN_ENV)
+    release_quarantined(app["storage"], guarded_cfg, entries[0].id, who="test", why="reviewed", now=time.time())
+    fb_after = set(pa.concat_tables([pq.read_table(app["storage"].path(f)) for f in app["storage"].list(
+        f"models/{GUARDED}/feedback", suffix=".parquet")]).column("request_id").to_pylist())
+    assert set(store.rows(entries[0].id).column("request_id").to_pylist()) <= fb_after
 
 
 # --------------------------------------------------------------------------------------

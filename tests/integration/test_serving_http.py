@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
-from itest_helpers import wait_for_generation, wait_for_sealed
+from itest_helpers import eventually, wait_for_generation, wait_for_sealed
 
 pytestmark = pytest.mark.integration
 
@@ -396,9 +396,13 @@ def test_model_status(served):
     st.write_json(f"models/{MODEL}/controller/state.json", {"stage": "stable", "champion": "v0001"})
     AuditLog(st, MODEL).append([Event(t=time.time(), kind=EventKind.PROMOTED, model=MODEL, version="v0001",
                                       reason="test event")])
-    r = requests.get(f"{served['base']}/v1/models/{MODEL}", timeout=10)
-    assert r.status_code == 200, r.text
-    s = r.json()
+    def fresh():  # the status is a snapshot at most serving/reads.SNAPSHOT_TTL_S old
+        r = requests.get(f"{served['base']}/v1/models/{MODEL}", timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json() if (r.json()["last_events"] or [{}])[-1].get("reason") == "test event" else None
+
+    assert eventually(fresh, 10, 0.2)
+    s = fresh()
     feats = {f["name"]: f for f in s["schema"]["features"]}
     assert feats["x0"] == {"name": "x0", "dtype": "float", "nullable": False, "min": -10.0, "max": 10.0}
     assert feats["c"]["categories"] == ["a", "b", "c"]

@@ -217,8 +217,9 @@ def test_ui_follows_new_events(app, page):
 
     AuditLog(app["storage"], MODEL).append([Event(
         t=time.time(), kind=EventKind.PAUSED, model=MODEL, reason="paused by ana: investigating the canary")])
-    html = requests.get(f"{app['base']}/ui", timeout=30).text
-    assert "paused by ana: investigating the canary" in html
+    # the page's data is a snapshot at most serving/reads.SNAPSHOT_TTL_S old
+    assert _eventually(lambda: "paused by ana: investigating the canary" in requests.get(
+        f"{app['base']}/ui", timeout=30).text, 10, 0.2)
 
 
 def _chromium() -> str | None:

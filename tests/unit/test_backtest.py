@@ -97,3 +97,84 @@ def test_backtest_command_on_a_simulated_file(tmp_path):
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["summary"]["drift_points"] == [4000]  # read from the simulate sidecar
     assert rep["summary"]["runner"] == ["local"] and (tmp_path / "r" / "report.png").stat().st_size > 10_000
+
+
+# -- shadow, approvals and scripted operators: any live config replays ----------------------
+LIVE = CFG.with_overrides(rollout={"shadow_fraction": 0.5, "shadow_min_samples": 200,
+                                   "require_approval": ["canary", "full"]})
+
+
+def _live_run(**settings):
+    stream = abrupt_concept_drift(10000, drift_at=3000, seed=2)
+    b = bt.Backtest(LIVE, stream.to_table(label="y"), "y",
+                    bt.BacktestSettings(bootstrap=1500, drift_at=[3000], label_delay=100, **settings))
+    rep = b.run()
+    return b, rep, [e for e in rep["events"] if not e["data"].get("bootstrap")]
+
+
+def test_a_config_with_shadow_and_approvals_finishes_with_a_promotion():
+    b, rep, ev = _live_run(approve_after=300)
+    kinds = [e["kind"] for e in ev]
+    for k in ("shadow_started", "approval_requested", "approved", "canary_started", "promoted"):
+        assert k in kinds, k
+    assert kinds.index("shadow_started") < kinds.index("approval_requested") < kinds.index("canary_started")
+    # the shadow left its stage on compared answers, as the live observer counts them
+    shadow_passed = next(e for e in ev if e["kind"] == "canary_step" and e["data"].get("stage") == "shadow")
+    assert shadow_passed["data"]["sample"] > next(e for e in ev if e["kind"] == "shadow_started")["data"]["sample"]
+    assert "mirrored requests" in shadow_passed["reason"]
+    mirrored = b.shadow_version != ""
+    assert mirrored.any() and not (mirrored & (b.shadow_version == b.served_version)).any()
+    # the policy approved each hold after it waited 300 samples, as "backtest"
+    approvals = [e for e in ev if e["kind"] == "approved"]
+    assert len(approvals) == 2 and all(e["data"]["who"] == "backtest" for e in approvals)
+    for req, ok in zip([e for e in ev if e["kind"] == "approval_requested"], approvals):
+        assert ok["data"]["sample"] - req["data"]["sample"] >= 300
+    sm = rep["summary"]
+    assert sm["promotions"] == 1 and sm["held"] is None and sm["rollout_stage_at_end"] == "stable"
+    assert sm["approval_policy"] == "auto-approve after 300 samples"
+
+
+def test_never_approving_holds_the_candidate_with_a_reason():
+    b, rep, ev = _live_run(approval="never")
+    kinds = [e["kind"] for e in ev]
+    assert "approval_requested" in kinds and "approved" not in kinds and "promoted" not in kinds
+    held = rep["summary"]["held"]
+    assert held["stage"] == "approval" and held["approval_for"] == "canary"
+    assert "backtest approval policy is 'never'" in held["reason"] and held["version"] in held["reason"]
+    assert set(b.served_version[1500:]) == {"v0001"}  # it never got traffic
+
+
+def test_scripted_pause_and_rollback_commands_show_in_the_events(tmp_path):
+    from lifelong_ray.sim.operators import load_commands
+
+    script = tmp_path / "ops.yaml"
+    script.write_text("- {at_sample: 2000, kind: pause, who: ana, why: feature pipeline migration}\n"
+                      "- {at_sample: 2600, kind: resume, who: ana, why: done}\n"
+                      "- {at_sample: 2600, kind: resume, who: bob, why: twice}\n"
+                      "- {at_sample: 7300, kind: rollback, who: ana, why: complaints}\n")
+    b, rep, ev = _live_run(commands=load_commands(script), approve_after=0)
+    by_kind = {k: [e for e in ev if e["kind"] == k] for k in ("paused", "resumed", "command_rejected", "rolled_back")}
+    (p,) = by_kind["paused"]
+    assert p["data"]["who"] == "ana" and 2000 <= p["data"]["sample"] < 2100
+    assert "feature pipeline migration" in p["reason"]
+    assert len(by_kind["resumed"]) == 1 and by_kind["command_rejected"][0]["data"]["who"] == "bob"
+    (rb,) = [e for e in by_kind["rolled_back"] if e["data"].get("who") == "ana"]  # the canary started at 7200
+    assert rb["data"]["sample"] == 7300 and "complaints" in rb["reason"] and rb["version"] == "v0002"
+    assert set(b.served_version[7300:7500]) == {"v0001"}
+    # no retrain started while paused
+    starts = [e["data"]["sample"] for e in ev if e["kind"] == "retrain_started"]
+    assert not [s for s in starts if p["data"]["sample"] < s < by_kind["resumed"][0]["data"]["sample"]]
+    assert rep["summary"]["commands_scripted"] == 4
+
+
+def test_a_bad_command_script_is_refused_naming_the_field(tmp_path):
+    from lifelong_ray.cli import main
+    from lifelong_ray.sim.operators import load_commands
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"at_sample": 10, "kind": "explode"}]')
+    with pytest.raises(ValueError, match="command 0: kind"):
+        load_commands(bad)
+    data = tmp_path / "s.csv"
+    data.write_text("x,y\n0.0,0\n1.0,1\n")
+    assert main(["backtest", "--data", str(data), "--commands", str(bad), "--report-dir", str(tmp_path / "r")]) == 2

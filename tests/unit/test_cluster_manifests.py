@@ -87,3 +87,28 @@ def test_the_serve_config_builder_binds_the_ingress_for_a_real_config(tmp_path):
     assert app._bound_deployment.name == INGRESS_DEPLOYMENT
     with pytest.raises(ValueError, match="args.configs"):
         ingress_app({})
+
+
+def test_rayservice_dashboard_and_jobs_api_need_ray_token_auth_or_loopback(service):
+    """The shipped manifest never opens the dashboard / Jobs API to the network without Ray's token."""
+    cluster = service["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    host = str(head["rayStartParams"].get("dashboard-host", "127.0.0.1"))
+    auth = cluster.get("authOptions") or {}
+    containers = [head["template"]["spec"]["containers"][0]] + [
+        g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
+    env_mode = {c["name"]: {e["name"]: e.get("value") for e in c.get("env", [])}.get("RAY_AUTH_MODE")
+                for c in containers}
+    token_on = auth.get("mode") == "token" or all(m == "token" for m in env_mode.values())
+    assert host in ("127.0.0.1", "localhost") or token_on, (host, auth, env_mode)
+    assert token_on, "Ray token authentication must be on in the shipped manifest"
+    assert auth.get("mode") == "token" and auth.get("secretName"), auth   # the token comes from a Secret
+    assert "auth_token" in (ROOT / "deploy" / "rayservice.yaml").read_text()  # how to create that Secret
+
+
+def test_rayservice_gives_the_ingress_its_admin_token_from_a_secret(service):
+    """Admin fails closed without a token: the manifest must hand the ingress one, from a Secret."""
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head["env"]}
+    ref = env["LIFELONG_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"]

@@ -156,8 +156,24 @@ def test_bad_rows_and_a_guarded_batch_reconcile(store):
     assert rows["above_max"].num_rows + rows["label_disagreement"].num_rows == batch.num_rows
 
 
-def test_small_batches_are_not_judged():
-    """Under guard_min_rows the tests have no power; the guard says nothing (documented)."""
+def test_49_row_batches_do_not_bypass_the_guard(store):
+    """Batches under guard_min_rows are judged with the batch-ingested rows before them:
+    a drip of 49-row flipped batches is caught (it slipped through whole before)."""
+    cfg = _cfg(store.uri)
+    assert cfg.data.guard_min_rows == 50
+    reps = [ingest_table(store, cfg, _flip(STREAM.slice(2000 + 49 * k, 2049 + 49 * k).to_table(label="y"), 0.45, seed=k),
+                         t=T0 + 10 + k) for k in range(4)]
+    quarantined = [r.batch_reason for r in reps]
+    assert quarantined.count("label_disagreement") >= 3, quarantined
+    assert all(r.received == r.accepted + r.quarantined == 49 for r in reps)
+    clean = ingest_table(store, cfg, STREAM.slice(2300, 2349).to_table(label="y"), t=T0 + 20)
+    assert clean.accepted == 49, clean  # a clean small batch after them still passes
+
+
+def test_small_batches_alone_are_not_judged_by_the_pure_checks():
+    """Under guard_min_rows the pure tests have no power and say nothing; the callers
+    judge a small batch together with the rows before it (ingest: recent_ingested;
+    live feedback: RollingLabelGuard)."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 20)
     cfg = DataConfig(guard_min_rows=50)

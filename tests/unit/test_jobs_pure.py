@@ -88,3 +88,20 @@ def test_content_ids_are_stable_across_runs_and_differ_by_content():
     first = backfill_job.content_ids(table, ["x", "c", "t"]).to_pylist()
     assert first == backfill_job.content_ids(table, ["x", "c", "t"]).to_pylist()
     assert first[0] == first[1] and len(set(first)) == 3 and all(i.startswith("backfill-") for i in first)
+
+
+def test_the_backtest_job_checks_its_command_script_before_replaying(tmp_path):
+    from _common import JobInputError
+
+    job = _job("backtest")
+    base = ["--simulate", "abrupt", "--n", "3000", "--bootstrap", "1000", "--report-dir", str(tmp_path / "r")]
+    bad = tmp_path / "ops.yaml"
+    bad.write_text("- {at_sample: -5, kind: pause}\n")
+    with pytest.raises(JobInputError, match="command 0: at_sample"):
+        job._check(job.build_parser().parse_args(base + ["--commands", str(bad)]))
+    with pytest.raises(JobInputError, match="no such --commands file"):
+        job._check(job.build_parser().parse_args(base + ["--commands", str(tmp_path / "none.yaml")]))
+    bad.write_text("- {at_sample: 5, kind: pause, who: ana}\n")
+    args = job.build_parser().parse_args(base + ["--commands", str(bad), "--approval", "never"])
+    job._check(args)
+    assert args.commands == str(bad.resolve()) and args.approval == "never"

@@ -101,6 +101,55 @@ def test_deploy_forwards_only_the_configured_token_variable():
     assert admin_token_env_vars([with_file], {"MY_TOKEN": "t"}) == {}
 
 
+def _admin_request(model: str):
+    from starlette.requests import Request
+
+    return Request({"type": "http", "method": "POST", "path": f"/v1/models/{model}:pause", "headers": [],
+                    "query_string": b""})
+
+
+def test_admin_auth_fails_closed_for_a_served_model_without_a_resolved_token(monkeypatch):
+    """A served model whose token was never resolved is refused (403 saying how to set one), not let through."""
+    from lifelong_ray.serving import app
+
+    monkeypatch.setattr(app, "_SERVED", {"m"})
+    monkeypatch.setattr(app, "_ADMIN_TOKENS", {})
+    monkeypatch.setattr(app, "_ADMIN_DISABLED", {})
+    with pytest.raises(app._ApiError) as err:
+        app._admin_auth(_admin_request("m"), "m", authorization="Bearer anything")
+    assert err.value.status == 403
+    assert "no admin token is configured for model 'm'" in err.value.error
+    assert "serving.admin_token_file" in err.value.error and "$" in err.value.error
+    assert err.value.violations[0]["rule"] == "no_token_configured"
+    # a model the hooks do not know is 404 before any route code runs
+    with pytest.raises(app._ApiError) as err:
+        app._admin_auth(_admin_request("other"), "other", authorization="Bearer anything")
+    assert err.value.status == 404 and err.value.violations[0]["rule"] == "unknown_model"
+
+
+def test_admin_auth_without_a_token_configured_is_403_and_with_one_checks_it(monkeypatch):
+    from lifelong_ray.serving import app
+
+    cfg = parse_config({"model": {"name": "m", "features": [{"name": "x"}], "label": {"name": "y", "classes": [0, 1]}},
+                        "serving": {"admin_token_env": "NO_SUCH_TOKEN_VAR_X"}})
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR_X", raising=False)
+    monkeypatch.setattr(app, "_SERVED", set())
+    monkeypatch.setattr(app, "_ADMIN_TOKENS", {})
+    monkeypatch.setattr(app, "_ADMIN_DISABLED", {})
+    monkeypatch.setattr(app, "_BODY_LIMITS", {})
+    monkeypatch.setattr(app.M, "watch", lambda cfg: None)
+    app._publish(cfg)
+    with pytest.raises(app._ApiError) as err:
+        app._admin_auth(_admin_request("m"), "m", authorization="Bearer guess")
+    assert err.value.status == 403 and "$NO_SUCH_TOKEN_VAR_X" in err.value.error
+    monkeypatch.setenv("NO_SUCH_TOKEN_VAR_X", "tok")
+    app._publish(cfg)
+    assert app._admin_auth(_admin_request("m"), "m", authorization="Bearer tok") is None
+    with pytest.raises(app._ApiError) as err:
+        app._admin_auth(_admin_request("m"), "m", authorization="Bearer guess")
+    assert err.value.status == 401
+
+
 # -- body limit --------------------------------------------------------------------------
 async def _echo(scope, receive, send):
     """A real ASGI app: answers 200 with the number of body bytes it received."""

@@ -65,11 +65,14 @@ def test_keeps_recent_versions_for_an_instant_rollback_and_evicts_beyond_keep(re
 
 
 def test_needs_sync_retries_a_failed_load_only_after_retry_s(reg, versions):
-    local = LocalVersions(reg.load, retry_s=3600)
+    now = [100.0]   # a freshly booted machine: the clock is small, 0.0 is not "long ago"
+    local = LocalVersions(reg.load, retry_s=3600, clock=lambda: now[0])
     table = _table({"v0001": 100})
     assert local.needs_sync(table)
-    local.failed["v0001"] = (0.0, "OSError: storage blip")   # long ago: due again
-    assert local.needs_sync(table)
+    local.failed["v0001"] = (now[0], "OSError: storage blip")
+    assert not local.needs_sync(table)                        # within retry_s
+    now[0] += 3600
+    assert local.needs_sync(table)                            # due again
     local.sync(table)
     assert not local.needs_sync(table) and "v0001" in local.loaded and "v0001" not in local.failed
 

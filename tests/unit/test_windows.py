@@ -106,3 +106,22 @@ def test_latency_counts_once_per_request_and_retried_canary_calls_spend_no_budge
     assert st["v1"].latency_samples == 31
     errors = tr.budget(40.0).slis["error_rate"]
     assert errors.bad == 0 and errors.total == 40  # the retried call is not a failure a client saw
+
+
+def test_a_champion_that_is_not_deployed_spends_error_budget():
+    """After a restart without reconcile the champion answered 503 (`not deployed`); those
+    requests are error rows no other row answered: each one counts. Over the hour they are
+    diluted by the healthy traffic before (multi-window burn rates need both windows over
+    the threshold), but the 5-minute window shows the outage at once."""
+    from lifelong_ray.config import parse_config
+
+    cfg = parse_config({"model": {"name": "m", "features": [{"name": "x"}], "label": {"name": "y", "classes": [0, 1]}}})
+    tr = WindowTracker(cfg, reference_for=lambda v: None)
+    ok = [dict(request_id=f"a{i}", t=float(i), version="v1", error=None, latency_ms=5.0, x=0.0) for i in range(3000)]
+    down = [dict(request_id=f"b{i}", t=3300.0 + 15 * i, version="v2", latency_ms=1.0, x=0.0,
+                 error=None if i == 0 else "version_unavailable: version v2 of m is not deployed") for i in range(20)]
+    tr.add_served(pd.DataFrame(ok + down))
+    errors = tr.budget(3600.0).slis["error_rate"]
+    assert errors.bad == 19
+    five_minutes = errors.windows[0]                          # shortest first
+    assert five_minutes.burn_rate > 14.4, errors.windows

@@ -434,7 +434,7 @@ class DataConfig(_Frozen):
     durability: DurabilityConfig = Field(
         default_factory=DurabilityConfig,
         description="how durable a record of each log is when its request is answered 2xx: 'fsync', 'group' "
-                    "or 'none' per log (see data.durability below and docs/runbook.md)")
+                    "or 'none' per log (data.durability below; what each loses, in docs/runbook.md)")
     flush_interval_ms: float = Field(
         default=100.0, gt=0, le=60_000,
         description="a log with durability 'group' is flushed to the device (fdatasync) at most this long after "
@@ -443,7 +443,7 @@ class DataConfig(_Frozen):
     log_segments: bool = Field(
         default=True,
         description="on a local storage root, each ingress replica appends its prediction rows to one open "
-                    "segment file (a JSON line per request: one write and one fdatasync, shared under load) and seals "
+                    "segment file (a JSON line per request: one write, synced as data.durability.predictions says) and seals "
                     "it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
                     "false, or an object-store root: one parquet file per request (group commit)")
     log_seal_seconds: float = Field(

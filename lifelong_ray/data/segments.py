@@ -6,8 +6,12 @@ per lone request, most of the logging overhead of a predict. A :class:`SegmentLo
 instead appends each caller's rows as one JSON line (a
 :class:`~lifelong_ray.data.records.LogRecord`: building Arrow arrays for a request's
 few rows would cost more than the write) to one open *segment* file per ingress
-replica and answers once they are on disk (one ``fdatasync``, shared by the callers
-that arrive while one is running). The segment's first line is its header: the Arrow
+replica and answers once they are as durable as ``data.durability.predictions`` says:
+with ``fsync``, on disk (one ``fdatasync``, shared by the callers that arrive while one
+is running); with ``group``, written to the OS, and synced by the log's
+:class:`~lifelong_ray.data.flush.GroupFlusher` within ``data.flush_interval_ms``; with
+``none``, written to the OS. A seal writes its parquet files synced (unless ``none``)
+before it deletes the segment. The segment's first line is its header: the Arrow
 schema of its rows, which are built as Arrow columns when it is read. Every
 ``seal_s`` seconds the replica *seals* the segment: its rows become ordinary zstd
 parquet files of the log, one per UTC day, and the segment is deleted. Readers of the

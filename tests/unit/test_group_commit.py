@@ -244,23 +244,26 @@ def test_a_writer_killed_mid_stream_loses_no_acknowledged_record_and_duplicates_
     """SIGKILL while four clients append: every acknowledged id is in the log exactly once
     (after the next replica seals the dead one's segment), and no id is there twice."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), log, mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    errors = tmp_path / "writer.err"
+    with open(errors, "wb") as err:  # a file, not a pipe: a full pipe would stall the writer
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "store"), log, mode],
+                                stdout=subprocess.PIPE, stderr=err, env=env)
     acked: list[str] = []
     try:
         while len(acked) < 150:
             line = proc.stdout.readline()
-            assert line, f"the writer stopped: {proc.stderr.read().decode()[-2000:]}"
+            assert line, f"the writer stopped: {errors.read_text()[-2000:]}"
             acked.append(line.decode().strip())
         proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=60)
+        rest = proc.stdout.read()  # from the reader's buffer on (communicate() would skip what it holds)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     acked += [x for x in rest.decode().split("\n") if x]  # acknowledged before the kill
-    logs = ModelLogs(Storage(str(tmp_path)), "m")
+    logs = ModelLogs(Storage(str(tmp_path / "store")), "m")
     prefix = logs.feedback_prefix if log == "feedback" else logs.predictions_prefix
     if log == "segments":
         seal_orphans(logs, prefix, fsync=False)  # as the next replica does at start

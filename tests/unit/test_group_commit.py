@@ -272,3 +272,29 @@ def test_a_writer_killed_mid_stream_loses_no_acknowledged_record_and_duplicates_
     written = Counter(table.column("request_id").to_pylist())
     assert [rid for rid in acked if written[rid] != 1] == []  # every acknowledged record, once
     assert [rid for rid, n in written.items() if n > 1] == []  # and no record twice
+
+
+@pytest.mark.parametrize("mode", ["fsync", "group", "none"])
+def test_the_controller_seals_a_dead_replicas_segment_under_each_mode(tmp_path, mode):
+    from lifelong_ray.config import load_config
+    from lifelong_ray.control.observe import Observer
+    from lifelong_ray.registry.store import Registry
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml").with_overrides(
+        storage={"root": str(tmp_path)}, data={"durability": {"predictions": mode}})
+    from lifelong_ray.data.answers import AnswerLog
+
+    storage = Storage(str(tmp_path))
+    logs = ModelLogs(storage, cfg.model.name)
+    answers = AnswerLog.from_config(cfg)
+    features = {**{f"x{i}": [0.5, 1.5] for i in range(5)}, "segment": ["a", "b"]}
+    asyncio.run(answers.append(request_ids=["r1", "r2"], version="v0001", features=features, labels=[1, 0],
+                               confidence=[0.9, 0.8], latency_ms=1.0))
+    seg = answers.writer
+    seg._current.close()  # the replica dies: its lock goes, its segment stays
+    if seg.flusher is not None:
+        seg.flusher.close()
+    assert len(segment_paths(storage, logs.predictions_prefix)) == 1
+    Observer(cfg, storage, Registry(storage, cfg.model.name))._read_predictions()
+    assert segment_paths(storage, logs.predictions_prefix) == []
+    assert sorted(LogTail(storage, logs.predictions_prefix).read_new().column("request_id").to_pylist()) == ["r1", "r2"]

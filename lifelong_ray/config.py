@@ -443,8 +443,8 @@ class DataConfig(_Frozen):
     log_segments: bool = Field(
         default=True,
         description="on a local storage root, each ingress replica appends its prediction rows to one open "
-                    "segment file (a JSON line per request: one write, synced as data.durability.predictions says) and seals "
-                    "it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
+                    "segment file (a JSON line per request: one write, synced as data.durability.predictions "
+                    "says) and seals it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
                     "false, or an object-store root: one parquet file per request (group commit)")
     log_seal_seconds: float = Field(
         default=0.25, gt=0, le=60,

@@ -312,7 +312,8 @@ def seal_orphans(logs: ModelLogs, prefix: str, *, fsync: bool,
 
 def prediction_writer(logs: ModelLogs, *, segments: bool, seal_s: float, prefix: str | None = None,
                       on_sealed: Callable[[list[Sealed]], None] | None = None,
-                      durability: "Durability | None" = None, flush_interval_s: float = 0.1) -> "GroupCommit | SegmentLog":
+                      durability: "Durability | None" = None,
+                      flush_interval_s: float = 0.1) -> "GroupCommit | SegmentLog":
     """The writer the ingress uses for its prediction log (``data.log_segments``,
     ``data.log_seal_seconds``, ``data.durability.predictions``, ``data.flush_interval_ms``):
     a :class:`SegmentLog` of its own on a local root, else a

@@ -22,9 +22,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from lifelong_ray.policy.model import CommandKind, OperatorCommand
 from lifelong_ray.storage import Storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lifelong_ray.config import Durability
+    from lifelong_ray.data.flush import GroupFlusher
 
 
 def commands_prefix(model: str) -> str:
@@ -32,15 +37,27 @@ def commands_prefix(model: str) -> str:
 
 
 def submit_command(storage: Storage, model: str, kind: str | CommandKind, *, version: str | None = None,
-                   who: str = "unknown", why: str = "", now: float) -> OperatorCommand:
-    """Write one command durably and return it. ``kind`` must be a :class:`CommandKind` value."""
+                   who: str = "unknown", why: str = "", now: float, durability: "Durability" = "fsync",
+                   flusher: "GroupFlusher | None" = None) -> OperatorCommand:
+    """Write one command and return it, as durable as ``durability`` says
+    (``data.durability.commands``): ``fsync``, on the device on return; ``group``, in
+    the OS on return and synced by ``flusher`` within its interval (with no flusher, a
+    one-shot process such as the CLI, synced now); ``none``, in the OS.
+    ``kind`` must be a :class:`CommandKind` value."""
     try:
         k = CommandKind(kind)
     except ValueError:
         allowed = ", ".join(c.value for c in CommandKind)
         raise ValueError(f"unknown command {kind!r}; expected one of: {allowed}") from None
     cmd = OperatorCommand(id=uuid.uuid4().hex, kind=k, model=model, version=version, who=who, why=why, t=now)
-    storage.write_json(f"{commands_prefix(model)}/{int(now * 1000):015d}-{cmd.id}.json", cmd.model_dump(mode="json"))
+    rel = f"{commands_prefix(model)}/{int(now * 1000):015d}-{cmd.id}.json"
+    grouped = durability == "group" and flusher is not None and storage.is_local
+    storage.write_json(rel, cmd.model_dump(mode="json"), fsync=durability == "fsync" or
+                       (durability == "group" and not grouped))
+    if grouped:
+        from lifelong_ray.data.flush import file_and_directory
+
+        flusher.mark(*file_and_directory(storage.path(rel)))
     return cmd
 
 

@@ -111,7 +111,7 @@ class Observer:
 
     def _read_predictions(self) -> None:
         try:  # rows an ingress replica answered and died before sealing (data.log_segments)
-            seal_orphans(self.logs, self.logs.predictions_prefix, fsync=self.cfg.data.log_fsync)
+            seal_orphans(self.logs, self.logs.predictions_prefix, fsync=self.cfg.data.durability.predictions != "none")
         except Exception:  # noqa: BLE001 - the next tick, or the next ingress replica, retries
             log.exception("could not seal orphaned prediction segments of %s", self.cfg.model.name)
         table = self._pred_tail.read_new()

@@ -56,12 +56,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lifelong_ray.data.flush import GroupFlusher, file_and_directory
 from lifelong_ray.data.privacy import PiiHasher
 from lifelong_ray.data.records import LogRecord
 from lifelong_ray.storage import Storage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lifelong_ray.config import Config
+    from lifelong_ray.config import Config, Durability
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +207,20 @@ class ModelLogs:
     @classmethod
     def from_config(cls, storage: Storage, cfg: "Config") -> "ModelLogs":
         """The writers of ``cfg.model``, hashing ``cfg.data.pii_fields`` (needs the salt env var
-        set) and syncing appends to disk as ``cfg.data.log_fsync`` says."""
-        return cls(storage, cfg.model.name, pii=PiiHasher.from_config(cfg.data), fsync=cfg.data.log_fsync)
+        set). Direct writes are fsynced; the ingress's writers (:class:`GroupCommit`, the
+        segment log) sync as ``cfg.data.durability`` says for their log."""
+        return cls(storage, cfg.model.name, pii=PiiHasher.from_config(cfg.data))
 
     @property
     def prefixes(self) -> tuple[str, str, str]:
         return self.predictions_prefix, self.feedback_prefix, self.labeled_prefix
 
-    def write(self, prefix: str, table: pa.Table, t: float, file_id: str | None = None) -> str:
-        """Write ``table`` as one new file of the log at ``prefix``, named and partitioned by ``t``."""
+    def write(self, prefix: str, table: pa.Table, t: float, file_id: str | None = None, *,
+              fsync: bool | None = None) -> str:
+        """Write ``table`` as one new file of the log at ``prefix``, named and partitioned by ``t``
+        (synced to the device if ``fsync``; default: :attr:`fsync`)."""
         name = _file_name(prefix, t, file_id)
-        self.storage.write_bytes(name, append_to_bytes(table), fsync=self.fsync)
+        self.storage.write_bytes(name, append_to_bytes(table), fsync=self.fsync if fsync is None else fsync)
         return name
 
     def append_predictions(self, **rows: Any) -> str:
@@ -305,8 +309,11 @@ def as_table(rows: "pa.Table | LogRecord") -> pa.Table:
 class GroupCommit:
     """Group commit of one log for the coroutines of one event loop (the ingress).
 
-    :meth:`append` returns once the caller's rows are in a durable file, as a direct
-    :meth:`ModelLogs.write` does, but callers that arrive while a file is being
+    :meth:`append` returns once the caller's rows are in a file of the log, as durable
+    as ``durability`` says (``fsync``: synced with its directory; ``group``: renamed
+    into place and synced by the log's :class:`~lifelong_ray.data.flush.GroupFlusher`
+    within ``flush_interval_s``; ``none``: renamed into place; default: ``fsync`` if
+    ``logs.fsync``, else ``none``), but callers that arrive while a file is being
     written share the next file: one encode, one write, one fsync for all of them.
     There is no commit delay: a lone caller's file is written at once, so sequential
     latency is that of one write, and a batch grows only while the disk is busy
@@ -330,11 +337,16 @@ class GroupCommit:
     """
 
     def __init__(self, logs: ModelLogs, prefix: str, *, max_rows: int = 10_000,
-                 clock: Callable[[], float] = time.time, inline_idle_s: float | None = 0.002) -> None:
+                 clock: Callable[[], float] = time.time, inline_idle_s: float | None = 0.002,
+                 durability: "Durability | None" = None, flush_interval_s: float = 0.1) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.logs = logs
         self.prefix = prefix
+        self.durability: Durability = durability or ("fsync" if logs.fsync else "none")
+        #: the group commit of this log (durability ``group`` on a local root), else None
+        self.flusher = GroupFlusher(prefix, flush_interval_s) \
+            if self.durability == "group" and logs.storage.is_local else None
         self.max_rows = max_rows
         self.clock = clock
         self.inline_idle_s = inline_idle_s
@@ -392,7 +404,20 @@ class GroupCommit:
                 errors.append(err)
         if not tables:
             return None, errors
-        return self.logs.write(self.prefix, pa.concat_tables(tables, promote_options="permissive"), t), errors
+        path = self.logs.write(self.prefix, pa.concat_tables(tables, promote_options="permissive"), t,
+                               fsync=self.durability == "fsync")
+        if self.flusher is not None:
+            self.flusher.mark(*file_and_directory(self.logs.storage.path(path)))
+        return path, errors
+
+    def close(self) -> None:
+        """Sync what the group commit has not synced yet and stop its flusher (a replica
+        shutting down). Never raises."""
+        if self.flusher is not None:
+            try:
+                self.flusher.close()
+            except Exception:  # noqa: BLE001
+                log.exception("could not flush %s at shutdown", self.prefix)
 
     async def _flush_all(self) -> None:
         batch: list[tuple[RowsAt, int, asyncio.Future[tuple[str, float]]]] = []

@@ -25,7 +25,8 @@ A soak of the REAL control path, in one process, on a fake clock:
 
 The clock advances ``controller.tick_seconds`` (1 s) per tick, and each tick carries
 ``--rate`` predictions (1,000), so the run spans ``predictions / rate`` fake seconds.
-The label horizon (``data.label_horizon_seconds``) is a tenth of that and the SLO
+The label horizon (``data.label_horizon_seconds``) and the log readers' lag
+(``data.log_late_seconds``, at most its 1 h default) are a tenth of that and the SLO
 period a fifth, so the state the controller must hold reaches its steady size well
 before the 25% mark: ``rss_growth_ratio = rss_at_end / rss_at_25pct`` (RSS after a
 ``gc.collect()``) should stay near 1. ``tick_p50_s``/``tick_p99_s`` time
@@ -137,7 +138,8 @@ def make_config(root: str, run_seconds: float) -> Config:
         "model": {"name": MODEL, "features": [{"name": f} for f in FEATURES],
                   "label": {"name": "y", "classes": [0, 1]}},
         "training": {"runner": "local"},
-        "data": {"label_horizon_seconds": max(10.0, run_seconds / 10), "log_fsync": False},
+        "data": {"label_horizon_seconds": max(10.0, run_seconds / 10), "log_fsync": False,
+                 "log_late_seconds": min(3600.0, max(10.0, run_seconds / 10))},
         "slo": {"period_seconds": max(60.0, run_seconds / 5)},
         "storage": {"root": root},
     })
@@ -261,8 +263,9 @@ def run(predictions: int, rate: int, commands: int, progress: bool = False) -> d
             gc.collect()
             rss_25 = rss_mb()
         if progress and k % max(1, ticks // 20) == 0:
+            held = getattr(controller.observer, "held", lambda: {})()
             print(f"tick {k}/{ticks}: {n_done} predictions, rss {rss_mb():.0f} MB,"
-                  f" last tick {tick_times[-1] if tick_times else 0:.3f} s", file=sys.stderr, flush=True)
+                  f" last tick {tick_times[-1] if tick_times else 0:.3f} s {held}", file=sys.stderr, flush=True)
     gc.collect()
     rss_end = rss_mb()
     events = AuditLog(storage, MODEL).read()

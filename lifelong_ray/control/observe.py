@@ -12,7 +12,8 @@ Its memory is bounded by time, not by history: a prediction still unlabeled afte
 a label that comes for it later waits a horizon for a prediction it never finds and is
 counted in :attr:`Observer.expired_labels`), the ids of labeled predictions are kept for a
 horizon, the labeled rows are a count plus the newest few prediction times, the tracker's
-per-row history reaches back to the current rollout step (at most a horizon), and the log
+per-row history reaches back to the current rollout step (at most a horizon), the shadow
+comparison's answers and labels back to the shadow's start (at most a horizon), and the log
 tails remember ``data.log_late_seconds`` of file names. Every ``controller.checkpoint_ticks``
 ticks it writes all of that to a checkpoint (:mod:`lifelong_ray.control.checkpoint`); a
 restart loads the checkpoint and reads only the log files written since. With no
@@ -77,10 +78,10 @@ class Observer:
         self.expired_labels = 0
         # for the shadow comparison: recent answers (served and mirrored) and labels by request_id
         self._answers = pd.DataFrame(columns=["request_id", "t", "version", "prediction", "shadow"])
-        self._labels = pd.DataFrame(columns=["request_id", "label"])
-        self._ticks = 0
+        self._labels = pd.DataFrame(columns=["request_id", "t", "label"])
         self._last_seq: int | None = None
         self.restored = self._restore()
+        self._ticks = 0 if self.restored else cfg.controller.checkpoint_ticks  # ticks since the last checkpoint
         self._pick_up_labeled(history=True)
 
     def _load_reference(self, version: str) -> Reference:
@@ -118,6 +119,13 @@ class Observer:
             if len(joined) and not self._unjoined.empty:
                 self._unjoined = self._unjoined[~self._unjoined.index.isin(joined["request_id"])]
             self.tracker.add_joined(joined.sort_values("t", kind="stable"))
+
+    def held(self) -> dict[str, int]:
+        """How much the observer holds, in rows or names (each bounded by time, not history)."""
+        return {"unjoined": len(self._unjoined), "early_labels": len(self._early_labels),
+                "labeled_ids": len(self._labeled_ids), "recent_labeled_t": int(self._recent_t.size),
+                "answers": len(self._answers), "labels": len(self._labels), **self.tracker.held(),
+                "tail_names": len(self._pred_tail.seen) + len(self._fb_tail.seen) + len(self._lab_tail.seen)}
 
     # -- checkpoint -----------------------------------------------------------------
     def _restore(self) -> bool:
@@ -182,18 +190,27 @@ class Observer:
             if old.any():
                 self.expired_labels += int(old.sum())
                 self._early_labels = self._early_labels[~old].reset_index(drop=True)
-        if len(self._labeled_ids) > 2 * self._ids_kept + 10_000:
+        if len(self._labeled_ids) > 2 * self._ids_kept + 1000:  # amortized: a pass when it doubled
             self._labeled_ids = {k: t for k, t in self._labeled_ids.items() if t >= cutoff}
             self._ids_kept = len(self._labeled_ids)
+        # the shadow comparison needs the answers and labels of requests since the shadow started
+        shadow_since = max(state.shadow_started_t if state.shadow_started_t is not None else now, cutoff)
+        for name in ("_answers", "_labels"):
+            frame = getattr(self, name)
+            if len(frame) and float(frame["t"].min()) < shadow_since:
+                setattr(self, name, frame[frame["t"].to_numpy(dtype=float) >= shadow_since].reset_index(drop=True))
         step = state.step_started_t if state.rollout != RolloutStage.STABLE else None
         self.tracker.prune(max(step if step is not None else now, cutoff), keep_joined=2 * self.cfg.drift.label_window)
 
     # -- one observation ----------------------------------------------------------
     def observe(self, state: ControllerState, now: float) -> Observations:
-        # Checkpoint what the last persisted decision saw (its state is the one passed in).
-        if self._ticks and self._ticks % self.cfg.controller.checkpoint_ticks == 0 and state.seq != self._last_seq:
+        # Checkpoint what the last persisted decision saw (its state is the one passed in); an
+        # observer that rebuilt from the logs checkpoints at once, so the next restart need not.
+        if self._ticks >= self.cfg.controller.checkpoint_ticks and self._last_seq is not None \
+                and state.seq != self._last_seq:
             try:
                 self.checkpoint(state.seq)
+                self._ticks = 0
             except Exception:  # noqa: BLE001 - a restart without it reads more of the logs, nothing is lost
                 log.exception("could not write the observer checkpoint of %s", self.cfg.model.name)
         self._ticks += 1
@@ -227,7 +244,7 @@ class Observer:
         mirrored = a[a["shadow"] & (a["version"] == state.candidate)]
         served = a[~a["shadow"]]
         both = mirrored.merge(served, on="request_id", suffixes=("_cand", "_champ"))
-        labeled = both.merge(self._labels, on="request_id")
+        labeled = both.merge(self._labels[["request_id", "label"]], on="request_id")
         return ShadowStats(
             compared=len(both), agree=int((both["prediction_cand"] == both["prediction_champ"]).sum()),
             labeled=len(labeled),
@@ -291,9 +308,9 @@ class Observer:
             "label": pa.array(joined["label"].to_numpy(dtype=np.int64)),
             **{n: _arrow(joined[n], n in self.categorical) for n in self.schema.names},
         })
-        self._lab_tail.seen.add(self.logs.append_labeled(table, now))
+        self._lab_tail.mark_read(self.logs.append_labeled(table, now))
         self._labeled_ids.update(zip(joined["request_id"].tolist(), joined["t"].astype(float).tolist()))
-        self._labels = _tail(self._labels, joined[["request_id", "label"]])
+        self._labels = _tail(self._labels, joined[["request_id", "t", "label"]])
         self._count_labeled(joined["t"].to_numpy(dtype=float))
         self.tracker.add_joined(joined)
 

@@ -237,6 +237,11 @@ class WindowTracker:
                 rows += chunk.t.size
         self._joined = kept[::-1]
 
+    def held(self) -> dict[str, int]:
+        """Rows held: per-row history (served, joined) and the unfinished windows."""
+        return {"served_rows": sum(c.t.size for c in self._served), "joined_rows": sum(c.t.size for c in self._joined),
+                "feature_buf_rows": self._feature_buf_rows, "quality_buf_rows": self._quality_buf_rows}
+
     def snapshot(self) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, np.ndarray]]:
         """Everything the tracker holds, as (JSON-able meta, frames, numeric arrays): the
         observer's checkpoint. :meth:`restore` takes the same back."""

@@ -487,6 +487,13 @@ class LogTail:
         """What a new tail needs to go on where this one is: ``LogTail(..., **position)``."""
         return {"seen": sorted(self.seen), "newest": self.newest}
 
+    def mark_read(self, path: str) -> None:
+        """Count ``path`` as read (a file this reader wrote itself)."""
+        self.seen.add(path)
+        t = name_time(path)
+        if self.lag_s is not None and t is not None:
+            self.newest = max(self.newest, t)
+
     def _is_read(self, path: str) -> bool:
         if path in self.seen:
             return True
@@ -523,10 +530,7 @@ class LogTail:
                 self.seen.add(p)
                 continue
             if table is not None:
-                self.seen.add(p)
-                t = name_time(p)
-                if self.lag_s is not None and t is not None:
-                    self.newest = max(self.newest, t)
+                self.mark_read(p)
                 yield table
         for p in (p for p in new if is_compacted(p)):
             part = self._unseen_rows(p, columns)

@@ -142,10 +142,10 @@ class Observer:
         for tail, pos in ((self._pred_tail, meta["tails"]["predictions"]), (self._fb_tail, meta["tails"]["feedback"]),
                           (self._lab_tail, meta["tails"]["labeled"])):
             tail.seen, tail.newest = set(pos["seen"]), float(pos["newest"])
-        unjoined = frames["unjoined"]
+        unjoined = _object_ids(frames["unjoined"])
         self._unjoined = unjoined.set_index("request_id") if len(unjoined) else self._unjoined
         if len(frames["early_labels"]):
-            self._early_labels = frames["early_labels"]
+            self._early_labels = _object_ids(frames["early_labels"])
         ids = frames["labeled_ids"]
         self._labeled_ids = dict(zip(ids["request_id"].tolist(), ids["t"].astype(float).tolist()))
         self._ids_kept = len(self._labeled_ids)
@@ -260,7 +260,7 @@ class Observer:
             self._take_predictions(table)
 
     def _take_predictions(self, table: pa.Table) -> None:
-        df = table.to_pandas()
+        df = _object_ids(table.to_pandas())
         shadow = df["shadow"].fillna(False).astype(bool)
         answers = df.loc[df["error"].isna(), ["request_id", "t", "version", "prediction"]].assign(
             shadow=shadow[df["error"].isna()].to_numpy())
@@ -282,7 +282,7 @@ class Observer:
         table = self._fb_tail.read_new()
         labels = self._early_labels
         if table is not None:
-            fresh = table.to_pandas()[["request_id", "t", "label"]]
+            fresh = _object_ids(table.to_pandas()[["request_id", "t", "label"]])
             labels = pd.concat([labels, fresh], ignore_index=True) if not labels.empty else fresh
         if labels.empty:
             return
@@ -320,6 +320,13 @@ class Observer:
             return None
         data = self.storage.read_json(path)
         return RetrainOutcome.model_validate({k: data[k] for k in RetrainOutcome.model_fields if k in data})
+
+
+def _object_ids(df: pd.DataFrame) -> pd.DataFrame:
+    """``request_id`` as Python strings: hashed lookups (``isin``, ``.loc``) on them are
+    C loops, on Arrow-backed strings a Python loop per value."""
+    df["request_id"] = df["request_id"].astype(object)
+    return df
 
 
 def _batches(tail: LogTail, columns: list[str] | None = None) -> Iterator[pa.Table]:

@@ -118,6 +118,8 @@ class WindowTracker:
         if version is None:
             return None
         if version not in self._references:
+            while len(self._references) >= 2:  # the champion's and one other (a replaced champion)
+                self._references.pop(next(iter(self._references)))
             self._references[version] = self._reference_for(version)
         return self._references[version]
 

@@ -537,6 +537,7 @@ class LogTail:
             if part is not None and part.num_rows:
                 yield part
         live = {partition_of(p) for p in listed}
+        self._sources = {p: src for p, src in self._sources.items() if partition_of(p) in live}
         cutoff = self.cutoff
         self.seen = {p for p in self.seen if partition_of(p) in live and not ((t := name_time(p)) is not None
                                                                              and t < cutoff)}

@@ -154,13 +154,17 @@ class PeakRss:
 def make_config(root: str, run_seconds: float) -> Config:
     from lifelong_ray.config import DataConfig
 
+    fields = DataConfig.model_fields
     lag = {"log_late_seconds": min(3600.0, max(10.0, run_seconds / 10))} \
-        if "log_late_seconds" in DataConfig.model_fields else {}  # (code before the setting existed)
+        if "log_late_seconds" in fields else {}  # (code before the setting existed)
+    # no fsync on the benchmark's logs (data.durability where it exists, else data.log_fsync)
+    sync = {"durability": {"predictions": "none", "feedback": "none"}} if "durability" in fields \
+        else {"log_fsync": False}
     return parse_config({
         "model": {"name": MODEL, "features": [{"name": f} for f in FEATURES],
                   "label": {"name": "y", "classes": [0, 1]}},
         "training": {"runner": "local"},
-        "data": {"label_horizon_seconds": max(10.0, run_seconds / 10), "log_fsync": False, **lag},
+        "data": {"label_horizon_seconds": max(10.0, run_seconds / 10), **sync, **lag},
         "slo": {"period_seconds": max(60.0, run_seconds / 5)},
         "storage": {"root": root},
     })

@@ -424,7 +424,8 @@ class DataConfig(_Frozen):
     """Data contracts, feedback, quarantine guards, replay, retention and privacy."""
 
     label_horizon_seconds: float = Field(default=7 * 86400.0, gt=0,
-                                         description="a label for a prediction older than this is rejected")
+                                         description="a label for a prediction older than this is rejected; the controller forgets "
+                                                     "predictions still unlabeled this long (counted as expired)")
     guard_label_shift: float = Field(
         default=0.25, gt=0, le=1,
         description="a labeled batch whose label distribution departs from recent history by more than this "
@@ -491,6 +492,11 @@ class DataConfig(_Frozen):
         default=0.25, gt=0, le=60,
         description="how often an ingress replica seals its prediction segment into the parquet log "
                     "(data.log_segments): the most a prediction waits before the controller can see it")
+    log_late_seconds: float = Field(
+        default=3600.0, gt=0,
+        description="the controller reads a log file only if its name's time is at most this much older than the "
+                    "newest file it read (writers name files by when they write them); older names count as read. "
+                    "Bounds what the controller remembers of the logs and lists per tick")
 
     @model_validator(mode="before")
     @classmethod
@@ -562,6 +568,11 @@ class ControllerConfig(_Frozen):
         default=2.0, ge=0,
         description="wait before the first retry of a failing action; doubles per retry (2, 4, 8 s: abandoned "
                     "about 14 s after the first failure by default)")
+    checkpoint_ticks: int = Field(
+        default=60, ge=1,
+        description="every this many ticks the observer writes a checkpoint (log read positions, counters, window "
+                    "buffers, the predictions still waiting for a label); a restart loads it and reads only the "
+                    "log files written since")
 
 
 class Config(_Frozen):

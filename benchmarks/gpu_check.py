@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False)
     else:
-        ray.init(num_gpus=torch.cuda.device_count(), include_dashboard=False, log_to_driver=False,
+        # a local instance of its own: with no address, ray.init() would join a local head left
+        # up (`lifelong up`, `ray start`) and refuse num_gpus
+        ray.init(address="local", num_gpus=torch.cuda.device_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)

@@ -2,9 +2,10 @@
 
 Three measurements, each against its baseline in the same run:
 
-1. **Logging overhead of a prediction**, three variants: no log write, the durable
-   log write with ``data.log_fsync: true`` (the default: file and directory fsynced)
-   and with ``log_fsync: false`` (written and renamed, no fsync).
+1. **Logging overhead of a prediction**, four variants: no log write, and the log
+   write under each ``data.durability.predictions`` mode: ``fsync`` (synced before the
+   answer), ``group`` (the default: written to the OS before the answer, synced by the
+   log's group commit within ``data.flush_interval_ms``) and ``none`` (never synced).
 
    * **Over HTTP** (the user-visible figure; not with ``--quick``): the script starts
      its own local Ray and Serve (127.0.0.1, a free port; shut down at the end) and
@@ -14,13 +15,13 @@ Three measurements, each against its baseline in the same run:
      write (``lifelong_ray.data.answers.AnswerLog``, the class the ingress writes
      through: the replica's segment log, sealed into parquet every
      ``data.log_seal_seconds``; awaited before the answer). The variant is the last
-     part of the path (``/bench/no-log``, ``/bench/log-fsync``, ...); each log variant
+     part of the path (``/bench/no-log``, ``/bench/log-group``, ...); each log variant
      writes under a storage root of its own. All variants share the replica process,
      so the comparison holds everything but the log write equal: an A/A check with two
      identical no-log *apps* (two replicas) measured their p50s 4.1% apart, as much as
      the target; two no-log routes of this one app, 0.7% apart. One client sends
      ``--requests`` single-instance requests one at a time, the variants in turn
-     request by request (each cycle of three in the next of their six orders); p50/p95
+     request by request (each cycle of four in the next of their orders); p50/p95
      over all of a variant's requests. Turn by turn, because this machine's speed moves
      by up to 25% within seconds: with chunks of 66 requests per variant (the earlier
      design), the chunks' p50s ranged from 13 to 23 ms in one run. The price: a log
@@ -34,8 +35,8 @@ Three measurements, each against its baseline in the same run:
      same writer (an ``AnswerLog`` per log variant, appends awaited): the
      overhead relative to the ingress's CPU work alone, an upper bound of the HTTP share.
 
-   ``logging_p50_overhead = p50(log) / p50(no log) - 1`` for the variant the default
-   ``data.log_fsync`` selects, over HTTP when it was measured, else in process.
+   ``logging_p50_overhead = p50(log) / p50(no log) - 1`` for the variant of the default
+   ``data.durability.predictions``, over HTTP when it was measured, else in process.
 2. **Validation throughput of batch ingest** (the Ray-free path of ``lifelong
    ingest``): read a labeled parquet file, check its columns, mark every row
    (``mark_rows``: ``Schema.row_mask`` + the label domain) and run the guard's
@@ -54,7 +55,15 @@ Three measurements, each against its baseline in the same run:
    sizes, to show the peak grows with the window and not with the log.
 
 ``--json`` prints exactly ``{"logging_p50_overhead", "validate_rows_per_s",
-"pyarrow_rows_per_s", "window_peak_rss_mb"}``; without it, tables (rich).
+"pyarrow_rows_per_s", "window_peak_rss_mb"}``; without it, tables (rich). When a phase
+fails (``logging``, ``logging_http``, ``validation``, ``window``), the others still run,
+the JSON line is still printed, with null for what was not measured plus
+``"failed_phase"`` (the first that failed) and ``"error"``, and the exit status is 1.
+
+Ray: every Ray phase starts a local instance of its own (``ray.init(address="local")``),
+whether or not a local head (``lifelong up``, ``ray start``) or ``RAY_ADDRESS`` is
+there: joining one would measure someone else's cluster, and a join refuses the
+``num_cpus`` a measurement sets.
 
     python benchmarks/ingest.py                 # 2000 requests, 1M-row file, ~1 GB window
     python benchmarks/ingest.py --quick --json  # seconds, small sizes
@@ -107,8 +116,13 @@ def _config(root: str, window_recent: int = 2500) -> Config:
 
 
 # -- 1. logging overhead ----------------------------------------------------------------
-#: the variants (HTTP routes): ``data.log_fsync`` of the log writer, None for no log write
-HTTP_VARIANTS = {"/no-log": None, "/log-fsync": True, "/log-no-fsync": False}
+#: the variants (HTTP routes): ``data.durability.predictions`` of the log writer, None for no log write
+HTTP_VARIANTS = {"/no-log": None, "/log-fsync": "fsync", "/log-group": "group", "/log-none": "none"}
+
+
+def _durable(cfg: Config, mode: str) -> Config:
+    """``cfg`` with the prediction log's durability set to ``mode``."""
+    return cfg.with_overrides(data={"durability": {**cfg.data.durability.model_dump(), "predictions": mode}})
 
 
 def _registered_model(cfg: Config, storage: Storage) -> Any:
@@ -141,9 +155,9 @@ def measure_logging(cfg: Config, storage: Storage, requests: int) -> dict[str, A
 
     async def measure() -> dict[str, list[float]]:
         writers: dict[str, AnswerLog | None] = {
-            route: None if fsync is None else AnswerLog.from_config(cfg.with_overrides(data={"log_fsync": fsync}),
-                                                                    Storage(variant_root(cfg.storage.root, route)))
-            for route, fsync in HTTP_VARIANTS.items()}
+            route: None if mode is None else AnswerLog.from_config(_durable(cfg, mode),
+                                                                   Storage(variant_root(cfg.storage.root, route)))
+            for route, mode in HTTP_VARIANTS.items()}
 
         async def serve(i: int, log: AnswerLog | None) -> float:
             t0 = time.perf_counter()
@@ -206,15 +220,14 @@ def _predict_deployment() -> Any:
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
     class BenchPredict:
         def __init__(self, cfg_dict: dict[str, Any], version: str,
-                     variants: dict[str, tuple[bool, str] | None]) -> None:
-            """``variants``: route -> None (no log) or (``log_fsync``, the storage root of its log)."""
+                     variants: dict[str, tuple[str, str] | None]) -> None:
+            """``variants``: route -> None (no log) or (its durability, the storage root of its log)."""
             cfg = Config.model_validate(cfg_dict)
             apply_switch_interval([cfg])  # as the ingress replica
             self.schema = Schema(cfg.model)
             self.model = Registry(Storage(cfg.storage.root), cfg.model.name).load(version)
             self.logs: dict[str, AnswerLog | None] = {
-                route: None if log is None else AnswerLog.from_config(
-                    cfg.with_overrides(data={"log_fsync": log[0]}), Storage(log[1]))
+                route: None if log is None else AnswerLog.from_config(_durable(cfg, log[0]), Storage(log[1]))
                 for route, log in variants.items()}
             self.inflight = 0  # as the ingress: the log syncs in-line only for a lone request
 
@@ -286,8 +299,8 @@ def measure_logging_http(cfg: Config, storage: Storage, requests_: int, rounds: 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        variants = {route: None if fsync is None else (fsync, variant_root(cfg.storage.root, route))
-                    for route, fsync in HTTP_VARIANTS.items()}
+        variants = {route: None if mode is None else (mode, variant_root(cfg.storage.root, route))
+                    for route, mode in HTTP_VARIANTS.items()}
         serve.run(_predict_deployment().bind(cfg.model_dump(mode="json"), version, variants), name="bench",
                   route_prefix="/bench")
         base = f"http://127.0.0.1:{port}/bench"
@@ -402,7 +415,9 @@ def _window_child(root: str, recent: int, use_ray: bool) -> None:
     if use_ray:
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # a local instance of its own, even with a local head up or RAY_ADDRESS set (joining
+        # one refuses num_cpus, and would measure someone else's cluster)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t0 = time.perf_counter()
     w = build_window(storage, cfg, since_t=None, seed=0, engine="ray" if use_ray else "local")
     wall = time.perf_counter() - t0
@@ -412,6 +427,10 @@ def _window_child(root: str, recent: int, use_ray: bool) -> None:
     print(json.dumps({"peak_rss_mb": peak, "build_s": wall, "rows": w.rows, "holdout_rows": w.holdout_rows,
                       "replay_holdout_rows": w.replay_holdout_rows, "window_recent": recent,
                       "read": dataclasses.asdict(w.read_stats) if w.read_stats else None}))
+
+
+#: the most the window subprocess may take before the phase counts as failed
+WINDOW_TIMEOUT_S = 1800.0
 
 
 def measure_window(workdir: Path, gigabytes: float, use_ray: bool, window_rows: int | None = None) -> dict[str, Any]:
@@ -424,7 +443,8 @@ def measure_window(workdir: Path, gigabytes: float, use_ray: bool, window_rows: 
     recent = window_rows if window_rows else int(0.9 * info["log_rows"])
     env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, __file__, "--window-child", root, "--recent", str(recent)]
-                         + (["--ray"] if use_ray else []), capture_output=True, text=True, env=env, check=False)
+                         + (["--ray"] if use_ray else []), capture_output=True, text=True, env=env, check=False,
+                         timeout=WINDOW_TIMEOUT_S)
     if out.returncode != 0:
         raise RuntimeError(f"window subprocess failed:\n{out.stderr[-3000:]}")
     child = json.loads(out.stdout.strip().splitlines()[-1])
@@ -442,33 +462,60 @@ def window_only(gigabytes: list[float], window_rows: list[int | None], use_ray: 
 
 
 # -- main --------------------------------------------------------------------------------
+#: the phases of :func:`run`, in order (what ``failed_phase`` names)
+PHASES = ("logging", "logging_http", "validation", "window")
+
+
 def run(requests: int, rows: int, repeats: int, window_gb: float, use_ray: bool, rounds: int = 10,
         clients: int = 8, window_rows: int | None = None) -> dict[str, Any]:
-    """Every measurement; over HTTP (a local Ray + Serve of its own) only with ``use_ray``."""
+    """Every measurement; over HTTP (a local Ray + Serve of its own) only with ``use_ray``.
+
+    A phase that fails leaves its result None and its error in ``errors`` (phase ->
+    message); the other phases still run."""
+    errors: dict[str, str] = {}
+
+    def phase(name: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 - reported in the result (and the JSON line), not raised
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            errors[name] = f"{type(err).__name__}: {err}"[-2000:]
+            return None
+
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         work = Path(tmp)
         cfg = _config(str(work / "serve"))
         load_before = os.getloadavg()[0]
-        logging_ = measure_logging(cfg, Storage(cfg.storage.root), requests)
-        http = measure_logging_http(_config(str(work / "http")), Storage(str(work / "http")), requests, rounds,
-                                    clients) if use_ray else None
-        validation = measure_validation(cfg, work, rows, repeats)
-        window = measure_window(work, window_gb, use_ray, window_rows)
+        logging_ = phase("logging", measure_logging, cfg, Storage(cfg.storage.root), requests)
+        http = phase("logging_http", measure_logging_http, _config(str(work / "http")), Storage(str(work / "http")),
+                     requests, rounds, clients) if use_ray else None
+        validation = phase("validation", measure_validation, cfg, work, rows, repeats)
+        window = phase("window", measure_window, work, window_gb, use_ray, window_rows)
     return {"logging": logging_, "http": http, "validation": validation, "window": window,
-            "load": (load_before, os.getloadavg()[0]), "default_route": DEFAULT_ROUTE}
+            "load": (load_before, os.getloadavg()[0]), "default_route": DEFAULT_ROUTE, "errors": errors}
 
 
-#: the variant that ``data.log_fsync``'s default selects: what ``logging_p50_overhead`` reports
-DEFAULT_ROUTE = "/log-fsync" if DataConfig().log_fsync else "/log-no-fsync"
+#: the variant of the default ``data.durability.predictions``: what ``logging_p50_overhead`` reports
+DEFAULT_ROUTE = next(r for r, mode in HTTP_VARIANTS.items() if mode == DataConfig().durability.predictions)
 
 
-def json_summary(r: dict[str, Any]) -> dict[str, float]:
-    """``logging_p50_overhead``: over HTTP when measured (not with ``--quick``), else in process."""
+def json_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """``logging_p50_overhead``: over HTTP when measured (not with ``--quick``), else in process.
+    A phase that failed leaves its figures null and adds ``failed_phase`` and ``error``."""
     primary = r["http"] or r["logging"]
-    return {"logging_p50_overhead": primary[DEFAULT_ROUTE]["overhead"],
-            "validate_rows_per_s": r["validation"]["validate_rows_per_s"],
-            "pyarrow_rows_per_s": r["validation"]["pyarrow_rows_per_s"],
-            "window_peak_rss_mb": r["window"]["peak_rss_mb"]}
+    validation, window = r["validation"] or {}, r["window"] or {}
+    out: dict[str, Any] = {
+        "logging_p50_overhead": primary[DEFAULT_ROUTE]["overhead"] if primary else None,
+        "validate_rows_per_s": validation.get("validate_rows_per_s"),
+        "pyarrow_rows_per_s": validation.get("pyarrow_rows_per_s"),
+        "window_peak_rss_mb": window.get("peak_rss_mb")}
+    errors = r.get("errors") or {}
+    if errors:
+        first = next(p for p in PHASES if p in errors)
+        out.update(failed_phase=first, error=errors[first])
+    return out
 
 
 def _console() -> Any:
@@ -484,7 +531,7 @@ def print_tables(r: dict[str, Any]) -> None:
 
     c = _console()
     lg, va, wi = r["logging"], r["validation"], r["window"]
-    names = {"/no-log": "no log", "/log-fsync": "log, log_fsync: true", "/log-no-fsync": "log, log_fsync: false"}
+    names = {"/no-log": "no log", **{route: f"log, durability {mode}" for route, mode in HTTP_VARIANTS.items() if mode}}
     http = r["http"]
     t = Table(title="prediction logging: p50 overhead target <= +5% "
                     f"(logging_p50_overhead = {'HTTP' if http else 'in-process'} {r['default_route']})")
@@ -542,7 +589,7 @@ def print_window_runs(runs: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000,
-                    help="sequential requests, split among the three variants (in process; and again over HTTP)")
+                    help="sequential requests, split among the four variants (in process; and again over HTTP)")
     ap.add_argument("--rounds", type=int, default=10, help="the concurrent HTTP phase runs in rounds/2 alternating rounds")
     ap.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients of the concurrent phase")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the batch file to validate")
@@ -580,9 +627,11 @@ def main(argv: list[str] | None = None) -> int:
                      clients=args.clients, window_rows=windows[0])
     if args.json:
         print(json.dumps(json_summary(result)))
-    else:
+    elif not result["errors"]:
         print_tables(result)
-    return 0
+    for name, err in result["errors"].items():
+        print(f"ingest.py: phase {name} failed: {err}", file=sys.stderr)
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

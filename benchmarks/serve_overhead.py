@@ -630,7 +630,7 @@ class ServeSession:
 
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):
-                ray.init(configure_logging=False, log_to_driver=False)
+                ray.init(address=os.environ["RAY_ADDRESS"], configure_logging=False, log_to_driver=False)
                 self.connected = True
             else:
                 ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,

@@ -360,7 +360,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     cfg = resolve_storage(_config_of(args.model, args.config))
     cmd = submit_command(Storage(cfg.storage.root), args.model, args.command,
                          version=getattr(args, "version", None), who=args.who or getpass.getuser(),
-                         why=args.why, now=time.time())
+                         why=args.why, now=time.time(), durability=cfg.data.durability.commands)
     print(json.dumps({"command_id": cmd.id, "command": cmd.kind.value, "model": args.model,
                       "version": cmd.version, "who": cmd.who}))
     print(f"queued; the controller applies it on its next tick: `lifelong history {args.model} --kind "

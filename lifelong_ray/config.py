@@ -400,11 +400,32 @@ class QuotaConfig(_Frozen):
         return v
 
 
+#: How durable an accepted record is when its request is answered 2xx (``data.durability``).
+Durability = Literal["fsync", "group", "none"]
+
+
+class DurabilityConfig(_Frozen):
+    """Durability of each log, the guarantee a 2xx gives about its record. ``fsync``: on the device before
+    the 2xx; survives a power loss or kernel crash. ``group``: written to the OS before the 2xx, so it
+    survives a crash of the process or the replica; flushed to the device by a group commit (one flusher per
+    log, off the request path) at most ``data.flush_interval_ms`` later, so a power loss or kernel crash loses
+    at most that window of records, never tears or duplicates one. ``none``: written to the OS, never
+    flushed by us (the OS writes it back within about 30 s): benchmarks and throwaway runs. On an object-store
+    root every mode is ``fsync`` (a finished PUT is durable)."""
+
+    predictions: Durability = Field(
+        default="group", description="the prediction log (high volume; a lost answer's client can retry)")
+    feedback: Durability = Field(default="fsync", description="the feedback (label) log")
+    commands: Durability = Field(default="fsync",
+                                 description="operator commands (lifelong approve|rollback|..., admin HTTP)")
+
+
 class DataConfig(_Frozen):
     """Data contracts, feedback, quarantine guards, replay, retention and privacy."""
 
     label_horizon_seconds: float = Field(default=7 * 86400.0, gt=0,
-                                         description="a label for a prediction older than this is rejected")
+                                         description="a label for a prediction older than this is rejected; the controller forgets "
+                                                     "predictions still unlabeled this long (counted as expired)")
     guard_label_shift: float = Field(
         default=0.25, gt=0, le=1,
         description="a labeled batch whose label distribution departs from recent history by more than this "
@@ -452,23 +473,39 @@ class DataConfig(_Frozen):
         default=3600.0, gt=0,
         description="how often the controller runs housekeeping (retention, then compaction of past days' log "
                     "files); null: never (run `lifelong compact CONFIG` yourself)")
-    log_fsync: bool = Field(
-        default=True,
-        description="fsync each prediction/feedback log file (and its directory) before the 2xx: the record "
-                    "survives a power loss or kernel crash. false: written and renamed into place before the 2xx, "
-                    "which survives a crash of the ingress process but not of the machine (the OS writes it "
-                    "back within seconds); about 4 ms less per request on a VM disk. Concurrent requests share "
-                    "one file and one fsync either way (group commit)")
+    durability: DurabilityConfig = Field(
+        default_factory=DurabilityConfig,
+        description="how durable a record of each log is when its request is answered 2xx: 'fsync', 'group' "
+                    "or 'none' per log (data.durability below; what each loses, in docs/runbook.md)")
+    flush_interval_ms: float = Field(
+        default=100.0, gt=0, le=60_000,
+        description="a log with durability 'group' is flushed to the device (fdatasync) at most this long after "
+                    "a record was written, by one flusher thread per log, off the request path: the most a "
+                    "power loss or kernel crash can lose of that log")
     log_segments: bool = Field(
         default=True,
         description="on a local storage root, each ingress replica appends its prediction rows to one open "
-                    "segment file (a JSON line per request: one write and one fdatasync, shared under load) and seals "
-                    "it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
+                    "segment file (a JSON line per request: one write, synced as data.durability.predictions "
+                    "says) and seals it into the parquet log every log_seal_seconds; readers see a prediction that much later. "
                     "false, or an object-store root: one parquet file per request (group commit)")
     log_seal_seconds: float = Field(
         default=0.25, gt=0, le=60,
         description="how often an ingress replica seals its prediction segment into the parquet log "
                     "(data.log_segments): the most a prediction waits before the controller can see it")
+    log_late_seconds: float = Field(
+        default=3600.0, gt=0,
+        description="the controller reads a log file only if its name's time is at most this much older than the "
+                    "newest file it read (writers name files by when they write them); older names count as read. "
+                    "Bounds what the controller remembers of the logs and lists per tick")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_log_fsync(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "log_fsync" in v:
+            raise ValueError("data.log_fsync was replaced by data.durability (per log: fsync | group | none); "
+                             "log_fsync: true is durability {predictions: fsync, feedback: fsync}, "
+                             "false is {predictions: none, feedback: none}")
+        return v
 
     @field_validator("pii_fields")
     @classmethod
@@ -531,6 +568,11 @@ class ControllerConfig(_Frozen):
         default=2.0, ge=0,
         description="wait before the first retry of a failing action; doubles per retry (2, 4, 8 s: abandoned "
                     "about 14 s after the first failure by default)")
+    checkpoint_ticks: int = Field(
+        default=60, ge=1,
+        description="every this many ticks the observer writes a checkpoint (log read positions, counters, window "
+                    "buffers, the predictions still waiting for a label); a restart loads it and reads only the "
+                    "log files written since")
     command_skew_seconds: float = Field(
         default=60.0, ge=0,
         description="an operator command written up to this long before the newest one taken in (a writer whose "

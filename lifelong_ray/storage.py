@@ -99,8 +99,8 @@ class Storage:
             with self.fs.open_output_stream(full) as out:
                 out.write(data)
 
-    def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
+    def write_json(self, rel: str, obj: Any, *, fsync: bool = True) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode(), fsync=fsync)
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Put ``data`` at ``rel`` only if nothing is there yet; True if this call created it.

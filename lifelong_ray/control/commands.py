@@ -31,6 +31,7 @@ import logging
 import re
 import uuid
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
 
 from lifelong_ray.policy.model import CommandKind, CommandLedger, OperatorCommand
 from lifelong_ray.policy.operator import command_key, is_taken
@@ -39,6 +40,10 @@ from lifelong_ray.storage import Storage
 log = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^\d{15}-[0-9A-Za-z_-]{1,64}$")
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lifelong_ray.config import Durability
+    from lifelong_ray.data.flush import GroupFlusher
 
 
 def commands_prefix(model: str) -> str:
@@ -50,8 +55,13 @@ def archive_prefix(model: str) -> str:
 
 
 def submit_command(storage: Storage, model: str, kind: str | CommandKind, *, version: str | None = None,
-                   who: str = "unknown", why: str = "", now: float) -> OperatorCommand:
-    """Write one command durably and return it. ``kind`` must be a :class:`CommandKind` value."""
+                   who: str = "unknown", why: str = "", now: float, durability: "Durability" = "fsync",
+                   flusher: "GroupFlusher | None" = None) -> OperatorCommand:
+    """Write one command and return it, as durable as ``durability`` says
+    (``data.durability.commands``): ``fsync``, on the device on return; ``group``, in
+    the OS on return and synced by ``flusher`` within its interval (with no flusher, a
+    one-shot process such as the CLI, synced now); ``none``, in the OS.
+    ``kind`` must be a :class:`CommandKind` value."""
     try:
         k = CommandKind(kind)
     except ValueError:
@@ -60,7 +70,14 @@ def submit_command(storage: Storage, model: str, kind: str | CommandKind, *, ver
     cid = uuid.uuid4().hex
     cmd = OperatorCommand(id=cid, kind=k, model=model, version=version, who=who, why=why, t=now,
                           key=command_key(now, cid))
-    storage.write_json(f"{commands_prefix(model)}/{cmd.key}.json", cmd.model_dump(mode="json"))
+    rel = f"{commands_prefix(model)}/{cmd.key}.json"
+    grouped = durability == "group" and flusher is not None and storage.is_local
+    storage.write_json(rel, cmd.model_dump(mode="json"), fsync=durability == "fsync" or
+                       (durability == "group" and not grouped))
+    if grouped:
+        from lifelong_ray.data.flush import file_and_directory
+
+        flusher.mark(*file_and_directory(storage.path(rel)))
     return cmd
 
 

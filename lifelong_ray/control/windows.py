@@ -118,6 +118,8 @@ class WindowTracker:
         if version is None:
             return None
         if version not in self._references:
+            while len(self._references) >= 2:  # the champion's and one other (a replaced champion)
+                self._references.pop(next(iter(self._references)))
             self._references[version] = self._reference_for(version)
         return self._references[version]
 
@@ -224,6 +226,57 @@ class WindowTracker:
                                     latency_p95_ms=float(np.percentile(lat, 95)) if lat.size else None)
         return stats
 
+    # -- bounded memory and checkpoints ---------------------------------------------------
+    def prune(self, since: float, keep_joined: int) -> None:
+        """Forget served and joined rows predicted before ``since`` (step stats are asked
+        for no older rows), keeping at least the newest ``keep_joined`` joined rows (the
+        change-point search looks that far back)."""
+        self._served = [c for c in self._served if c.t_max >= since]
+        kept, rows = [], 0
+        for chunk in reversed(self._joined):
+            if chunk.t_max >= since or rows < keep_joined:
+                kept.append(chunk)
+                rows += chunk.t.size
+        self._joined = kept[::-1]
+
+    def held(self) -> dict[str, int]:
+        """Rows held: per-row history (served, joined) and the unfinished windows."""
+        return {"served_rows": sum(c.t.size for c in self._served), "joined_rows": sum(c.t.size for c in self._joined),
+                "feature_buf_rows": self._feature_buf_rows, "quality_buf_rows": self._quality_buf_rows}
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+        """Everything the tracker holds, as (JSON-able meta, frames, numeric arrays): the
+        observer's checkpoint. :meth:`restore` takes the same back."""
+        meta = {"feature_index": self.feature_index, "quality_index": self.quality_index,
+                "ph": self._ph.to_json() if self._ph is not None else None, "ph_version": self._ph_version,
+                "sli": {"width": self._sli.width, "keep": self._sli.keep, "start": self._sli.start,
+                        "newest_label_before": self._sli.newest_label_before,
+                        "first_served_t": self._sli.first_served_t}}
+        frames = {"feature_buf": _concat(self._feature_buf, ["t", *self.schema.names]),
+                  "quality_buf": _concat(self._quality_buf, ["t", "version", "correct"]),
+                  "served": _chunks_frame(self._served), "joined": _chunks_frame(self._joined)}
+        arrays = {"sli_counts": self._sli.counts, "sli_newest": self._sli.newest_label}
+        return meta, frames, arrays
+
+    def restore(self, meta: dict[str, Any], frames: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray]) -> None:
+        self.feature_index, self.quality_index = int(meta["feature_index"]), int(meta["quality_index"])
+        if meta["ph"] is not None:
+            self._ph, self._ph_version = PageHinkley.from_json(meta["ph"]), meta["ph_version"]
+        sli = meta["sli"]
+        if (sli["width"], sli["keep"]) == (self._sli.width, self._sli.keep):  # else the SLO config changed
+            self._sli.start, self._sli.counts = int(sli["start"]), arrays["sli_counts"]
+            self._sli.newest_label = arrays["sli_newest"]
+            self._sli.newest_label_before = float(sli["newest_label_before"])
+            self._sli.first_served_t = float(sli["first_served_t"])
+        for name, buf in (("feature_buf", self._feature_buf), ("quality_buf", self._quality_buf)):
+            frame = frames[name]
+            buf.clear()
+            if len(frame):
+                buf.append(frame)
+        self._feature_buf_rows, self._quality_buf_rows = len(frames["feature_buf"]), len(frames["quality_buf"])
+        self._served = _frame_chunks(frames["served"], latency=True)
+        self._joined = _frame_chunks(frames["joined"], latency=False)
+
     def budget(self, now: float) -> BudgetStatus:
         """The SLO error budgets at ``now`` from every row fed so far (within the SLO period)."""
         return evaluate_budget(self._sli, self.cfg.slo, now)
@@ -238,3 +291,26 @@ def _column(s: pd.Series, categorical: bool) -> np.ndarray:
     if categorical:
         return s.astype(object).where(s.notna(), None).to_numpy(dtype=object)
     return s.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame({c: [] for c in columns})
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+
+
+def _chunks_frame(chunks: list[_Chunk]) -> pd.DataFrame:
+    def cat(get: Callable[[_Chunk], np.ndarray | None], dtype: Any) -> np.ndarray:
+        parts = [get(c) for c in chunks]
+        return np.concatenate([p if p is not None else np.full(c.t.size, np.nan) for p, c in zip(parts, chunks)]) \
+            if chunks else np.empty(0, dtype=dtype)
+    return pd.DataFrame({"t": cat(lambda c: c.t, float), "version": cat(lambda c: c.version, object).astype(object),
+                         "flag": cat(lambda c: c.flag, bool).astype(bool), "latency": cat(lambda c: c.latency, float)})
+
+
+def _frame_chunks(frame: pd.DataFrame, latency: bool) -> list[_Chunk]:
+    if not len(frame):
+        return []
+    return [_Chunk(frame["t"].to_numpy(dtype=float), frame["version"].astype(str).to_numpy(dtype=object),
+                   frame["flag"].to_numpy(dtype=bool),
+                   frame["latency"].to_numpy(dtype=float) if latency else None)]

@@ -38,13 +38,14 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from lifelong_ray.data.flush import GroupFlusher
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, feature_values
 from lifelong_ray.data.schema import Schema
 from lifelong_ray.data.segments import Sealed, SegmentLog, prediction_writer
 from lifelong_ray.storage import Storage
 
 if TYPE_CHECKING:
-    from lifelong_ray.config import Config
+    from lifelong_ray.config import Config, Durability
 
 
 class AnswerLog:
@@ -54,22 +55,30 @@ class AnswerLog:
     the parquet files each seal wrote)."""
 
     def __init__(self, logs: ModelLogs, schema: Schema, *, segments: bool, seal_s: float, prefix: str | None = None,
-                 on_sealed: Callable[[list[Sealed]], None] | None = None) -> None:
+                 on_sealed: Callable[[list[Sealed]], None] | None = None, durability: "Durability | None" = None,
+                 flush_interval_s: float = 0.1) -> None:
         self.logs = logs
         self.names = list(schema.names)
         self.categorical = {f.name for f in schema.features if f.dtype == "category"}
-        self.writer: GroupCommit | SegmentLog = prediction_writer(logs, segments=segments, seal_s=seal_s,
-                                                                   prefix=prefix, on_sealed=on_sealed)
+        self.writer: GroupCommit | SegmentLog = prediction_writer(
+            logs, segments=segments, seal_s=seal_s, prefix=prefix, on_sealed=on_sealed, durability=durability,
+            flush_interval_s=flush_interval_s)
 
     @classmethod
     def from_config(cls, cfg: "Config", storage: Storage | None = None, *, prefix: str | None = None,
                     on_sealed: Callable[[list[Sealed]], None] | None = None) -> "AnswerLog":
-        """The log as ``cfg`` says (``data.log_fsync``, ``data.log_segments``,
-        ``data.log_seal_seconds``, PII hashing), under ``storage`` (default: the
-        config's root)."""
+        """The log as ``cfg`` says (``data.durability.predictions``, ``data.flush_interval_ms``,
+        ``data.log_segments``, ``data.log_seal_seconds``, PII hashing), under ``storage``
+        (default: the config's root)."""
         logs = ModelLogs.from_config(storage or Storage(cfg.storage.root), cfg)
         return cls(logs, Schema(cfg.model), segments=cfg.data.log_segments, seal_s=cfg.data.log_seal_seconds,
-                   prefix=prefix, on_sealed=on_sealed)
+                   prefix=prefix, on_sealed=on_sealed, durability=cfg.data.durability.predictions,
+                   flush_interval_s=cfg.data.flush_interval_ms / 1e3)
+
+    @property
+    def flusher(self) -> GroupFlusher | None:
+        """The group commit of the log (durability ``group``), else None."""
+        return self.writer.flusher
 
     @property
     def segmented(self) -> bool:
@@ -85,7 +94,8 @@ class AnswerLog:
                      labels: Sequence[int] | None, confidence: Sequence[float] | None, latency_ms: float,
                      key: str | None = None, shadow: bool = False, error: str | None = None,
                      alone: bool = True) -> tuple[str, float]:
-        """Log the rows of one answer, durable on return: ``(path, t)`` of the write.
+        """Log the rows of one answer, as durable on return as ``data.durability.predictions``
+        says: ``(path, t)`` of the write.
 
         A failed call has no ``labels``/``confidence`` (logged as -1 and NaN) and an
         ``error``. ``alone``: no other request of this process is in flight, so the
@@ -100,7 +110,6 @@ class AnswerLog:
         return await self.writer.append(lambda t: rows(t=t), n, alone=alone)
 
     def close(self) -> None:
-        """Seal what this replica's segment holds (a replica shutting down); a
-        per-request writer has nothing to close. Never raises."""
-        if isinstance(self.writer, SegmentLog):
-            self.writer.close()
+        """Seal what this replica's segment holds and sync what the group commit has
+        not yet (a replica shutting down). Never raises."""
+        self.writer.close()

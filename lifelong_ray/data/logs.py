@@ -48,6 +48,7 @@ import io
 import json
 import asyncio
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -56,12 +57,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lifelong_ray.data.flush import GroupFlusher, file_and_directory
 from lifelong_ray.data.privacy import PiiHasher
 from lifelong_ray.data.records import LogRecord
 from lifelong_ray.storage import Storage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lifelong_ray.config import Config
+    from lifelong_ray.config import Config, Durability
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,16 @@ def day_of(t: float) -> str:
 
 def _file_name(prefix: str, t: float, file_id: str | None = None) -> str:
     return f"{prefix}/date={day_of(t)}/{int(t * 1e9):020d}-{file_id or uuid.uuid4().hex[:10]}.parquet"
+
+
+def name_time(path: str) -> float | None:
+    """The time in a log file's name (``<t_ns>-...parquet``), or None (a compacted file).
+
+    >>> name_time("models/m/feedback/date=1970-01-01/00000000010000000000-ab12.parquet")
+    10.0
+    """
+    stem = path.rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(stem) / 1e9 if stem.isdigit() else None
 
 
 def partition_of(path: str) -> str:
@@ -206,17 +218,20 @@ class ModelLogs:
     @classmethod
     def from_config(cls, storage: Storage, cfg: "Config") -> "ModelLogs":
         """The writers of ``cfg.model``, hashing ``cfg.data.pii_fields`` (needs the salt env var
-        set) and syncing appends to disk as ``cfg.data.log_fsync`` says."""
-        return cls(storage, cfg.model.name, pii=PiiHasher.from_config(cfg.data), fsync=cfg.data.log_fsync)
+        set). Direct writes are fsynced; the ingress's writers (:class:`GroupCommit`, the
+        segment log) sync as ``cfg.data.durability`` says for their log."""
+        return cls(storage, cfg.model.name, pii=PiiHasher.from_config(cfg.data))
 
     @property
     def prefixes(self) -> tuple[str, str, str]:
         return self.predictions_prefix, self.feedback_prefix, self.labeled_prefix
 
-    def write(self, prefix: str, table: pa.Table, t: float, file_id: str | None = None) -> str:
-        """Write ``table`` as one new file of the log at ``prefix``, named and partitioned by ``t``."""
+    def write(self, prefix: str, table: pa.Table, t: float, file_id: str | None = None, *,
+              fsync: bool | None = None) -> str:
+        """Write ``table`` as one new file of the log at ``prefix``, named and partitioned by ``t``
+        (synced to the device if ``fsync``; default: :attr:`fsync`)."""
         name = _file_name(prefix, t, file_id)
-        self.storage.write_bytes(name, append_to_bytes(table), fsync=self.fsync)
+        self.storage.write_bytes(name, append_to_bytes(table), fsync=self.fsync if fsync is None else fsync)
         return name
 
     def append_predictions(self, **rows: Any) -> str:
@@ -305,8 +320,11 @@ def as_table(rows: "pa.Table | LogRecord") -> pa.Table:
 class GroupCommit:
     """Group commit of one log for the coroutines of one event loop (the ingress).
 
-    :meth:`append` returns once the caller's rows are in a durable file, as a direct
-    :meth:`ModelLogs.write` does, but callers that arrive while a file is being
+    :meth:`append` returns once the caller's rows are in a file of the log, as durable
+    as ``durability`` says (``fsync``: synced with its directory; ``group``: renamed
+    into place and synced by the log's :class:`~lifelong_ray.data.flush.GroupFlusher`
+    within ``flush_interval_s``; ``none``: renamed into place; default: ``fsync`` if
+    ``logs.fsync``, else ``none``), but callers that arrive while a file is being
     written share the next file: one encode, one write, one fsync for all of them.
     There is no commit delay: a lone caller's file is written at once, so sequential
     latency is that of one write, and a batch grows only while the disk is busy
@@ -330,11 +348,16 @@ class GroupCommit:
     """
 
     def __init__(self, logs: ModelLogs, prefix: str, *, max_rows: int = 10_000,
-                 clock: Callable[[], float] = time.time, inline_idle_s: float | None = 0.002) -> None:
+                 clock: Callable[[], float] = time.time, inline_idle_s: float | None = 0.002,
+                 durability: "Durability | None" = None, flush_interval_s: float = 0.1) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.logs = logs
         self.prefix = prefix
+        self.durability: Durability = durability or ("fsync" if logs.fsync else "none")
+        #: the group commit of this log (durability ``group`` on a local root), else None
+        self.flusher = GroupFlusher(prefix, flush_interval_s) \
+            if self.durability == "group" and logs.storage.is_local else None
         self.max_rows = max_rows
         self.clock = clock
         self.inline_idle_s = inline_idle_s
@@ -392,7 +415,20 @@ class GroupCommit:
                 errors.append(err)
         if not tables:
             return None, errors
-        return self.logs.write(self.prefix, pa.concat_tables(tables, promote_options="permissive"), t), errors
+        path = self.logs.write(self.prefix, pa.concat_tables(tables, promote_options="permissive"), t,
+                               fsync=self.durability == "fsync")
+        if self.flusher is not None:
+            self.flusher.mark(*file_and_directory(self.logs.storage.path(path)))
+        return path, errors
+
+    def close(self) -> None:
+        """Sync what the group commit has not synced yet and stop its flusher (a replica
+        shutting down). Never raises."""
+        if self.flusher is not None:
+            try:
+                self.flusher.close()
+            except Exception:  # noqa: BLE001
+                log.exception("could not flush %s at shutdown", self.prefix)
 
     async def _flush_all(self) -> None:
         batch: list[tuple[RowsAt, int, asyncio.Future[tuple[str, float]]]] = []
@@ -423,7 +459,7 @@ class GroupCommit:
 
 class LogTail:
     """Reads each new row under a prefix exactly once (per process, or across
-    processes when the caller persists :attr:`seen` and passes it back).
+    processes when the caller persists :meth:`position` and passes it back).
 
     Tracks the set of file names seen rather than a cursor, because a slow writer
     can land a file whose name sorts before one already read. Plain files are read
@@ -433,14 +469,68 @@ class LogTail:
     is skipped once with a warning and listed in :attr:`unreadable` (a reader of the
     log must not die on it; training windows count it as ``file:unreadable``). Names
     of partitions that no longer exist (retention) are forgotten, so :attr:`seen`
-    stays as small as the log."""
+    stays as small as the log.
 
-    def __init__(self, storage: Storage, prefix: str, seen: set[str] | None = None) -> None:
+    With ``lag_s`` the tail is bounded by time instead of by the log: a file whose
+    name's time is more than ``lag_s`` older than the newest file read (the
+    *cutoff*) counts as read, its name is forgotten, and only the date partitions
+    from the cutoff's day on are listed. :attr:`seen` then holds the names of
+    ``lag_s`` seconds of files and a read lists about a day of them, however long
+    the log; the price is that a file landing more than ``lag_s`` behind the newest
+    one is never read (writers name files by the time they write them, so only a
+    stalled writer lands that late).
+
+        >>> import tempfile
+        >>> st = Storage(tempfile.mkdtemp())
+        >>> logs = ModelLogs(st, "m")
+        >>> tail = LogTail(st, logs.feedback_prefix, lag_s=60.0)
+        >>> _ = [logs.append_feedback([f"r{t}"], [1], t=t) for t in (10.0, 100.0, 200.0)]
+        >>> tail.read_new().num_rows, sorted(float(name_time(p)) for p in tail.seen)
+        (3, [200.0])
+        >>> _ = logs.append_feedback(["late"], [1], t=20.0)   # 180 s behind the newest file read
+        >>> _ = logs.append_feedback(["r300"], [1], t=300.0)
+        >>> tail.read_new().column("request_id").to_pylist()
+        ['r300']
+    """
+
+    def __init__(self, storage: Storage, prefix: str, seen: set[str] | None = None, *,
+                 lag_s: float | None = None, newest: float = -math.inf) -> None:
         self.storage = storage
         self.prefix = prefix
         self.seen: set[str] = set(seen or ())
         self.unreadable: list[str] = []
+        self.lag_s = lag_s
+        self.newest = newest  # the newest name time of a file read (with lag_s)
         self._sources: dict[str, list[tuple[str, int]]] = {}  # compacted files are immutable
+
+    @property
+    def cutoff(self) -> float:
+        """Files named before this count as read (``-inf`` without ``lag_s``)."""
+        return self.newest - self.lag_s if self.lag_s is not None else -math.inf
+
+    def position(self) -> dict[str, Any]:
+        """What a new tail needs to go on where this one is: ``LogTail(..., **position)``."""
+        return {"seen": sorted(self.seen), "newest": self.newest}
+
+    def mark_read(self, path: str) -> None:
+        """Count ``path`` as read (a file this reader wrote itself)."""
+        self.seen.add(path)
+        t = name_time(path)
+        if self.lag_s is not None and t is not None:
+            self.newest = max(self.newest, t)
+
+    def _is_read(self, path: str) -> bool:
+        if path in self.seen:
+            return True
+        t = name_time(path)
+        return t is not None and t < self.cutoff
+
+    def _list(self) -> list[str]:
+        if not math.isfinite(self.cutoff):
+            return self.storage.list(self.prefix, suffix=".parquet")
+        first = f"date={day_of(self.cutoff)}"
+        parts = [d for d in self.storage.list_dirs(self.prefix) if not d.startswith("date=") or d >= first]
+        return sorted(p for d in parts for p in self.storage.list(f"{self.prefix}/{d}", suffix=".parquet"))
 
     def read_new(self, columns: Sequence[str] | None = None) -> pa.Table | None:
         """The new rows as one table (None when there are none)."""
@@ -454,8 +544,8 @@ class LogTail:
     def iter_new_tables(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         """:meth:`read_new_tables` one file at a time (a reader holds one file, not all the
         new ones); :attr:`seen` is final once the iterator is exhausted."""
-        listed = self.storage.list(self.prefix, suffix=".parquet")
-        new = [p for p in listed if p not in self.seen]
+        listed = self._list()
+        new = [p for p in listed if not self._is_read(p)]
         for p in (p for p in new if not is_compacted(p)):
             try:
                 table = read_parquet_file(self.storage, p, columns)
@@ -465,14 +555,17 @@ class LogTail:
                 self.seen.add(p)
                 continue
             if table is not None:
-                self.seen.add(p)
+                self.mark_read(p)
                 yield table
         for p in (p for p in new if is_compacted(p)):
             part = self._unseen_rows(p, columns)
             if part is not None and part.num_rows:
                 yield part
         live = {partition_of(p) for p in listed}
-        self.seen = {p for p in self.seen if partition_of(p) in live}
+        self._sources = {p: src for p, src in self._sources.items() if partition_of(p) in live}
+        cutoff = self.cutoff
+        self.seen = {p for p in self.seen if partition_of(p) in live and not ((t := name_time(p)) is not None
+                                                                             and t < cutoff)}
 
     def _unseen_rows(self, path: str, columns: Sequence[str] | None) -> pa.Table | None:
         if path not in self._sources:
@@ -485,7 +578,7 @@ class LogTail:
             return None
         parts, start = [], 0
         for src, rows in self._sources[path]:
-            if src not in self.seen:
+            if not self._is_read(src):
                 parts.append(table.slice(start, rows))
             start += rows
         self.seen.add(path)

@@ -6,8 +6,12 @@ per lone request, most of the logging overhead of a predict. A :class:`SegmentLo
 instead appends each caller's rows as one JSON line (a
 :class:`~lifelong_ray.data.records.LogRecord`: building Arrow arrays for a request's
 few rows would cost more than the write) to one open *segment* file per ingress
-replica and answers once they are on disk (one ``fdatasync``, shared by the callers
-that arrive while one is running). The segment's first line is its header: the Arrow
+replica and answers once they are as durable as ``data.durability.predictions`` says:
+with ``fsync``, on disk (one ``fdatasync``, shared by the callers that arrive while one
+is running); with ``group``, written to the OS, and synced by the log's
+:class:`~lifelong_ray.data.flush.GroupFlusher` within ``data.flush_interval_ms``; with
+``none``, written to the OS. A seal writes its parquet files synced (unless ``none``)
+before it deletes the segment. The segment's first line is its header: the Arrow
 schema of its rows, which are built as Arrow columns when it is read. Every
 ``seal_s`` seconds the replica *seals* the segment: its rows become ordinary zstd
 parquet files of the log, one per UTC day, and the segment is deleted. Readers of the
@@ -60,17 +64,22 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
 
+from lifelong_ray.data.flush import GroupFlusher, PathSync
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, RowsAt, _file_name, table_to_bytes
 from lifelong_ray.data.records import LogRecord, decode_line, records_table
 from lifelong_ray.storage import Storage, _fsync_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lifelong_ray.config import Durability
 
 log = logging.getLogger(__name__)
 
@@ -302,20 +311,25 @@ def seal_orphans(logs: ModelLogs, prefix: str, *, fsync: bool,
 
 
 def prediction_writer(logs: ModelLogs, *, segments: bool, seal_s: float, prefix: str | None = None,
-                      on_sealed: Callable[[list[Sealed]], None] | None = None) -> "GroupCommit | SegmentLog":
+                      on_sealed: Callable[[list[Sealed]], None] | None = None,
+                      durability: "Durability | None" = None,
+                      flush_interval_s: float = 0.1) -> "GroupCommit | SegmentLog":
     """The writer the ingress uses for its prediction log (``data.log_segments``,
-    ``data.log_seal_seconds``): a :class:`SegmentLog` of its own on a local root, else a
+    ``data.log_seal_seconds``, ``data.durability.predictions``, ``data.flush_interval_ms``):
+    a :class:`SegmentLog` of its own on a local root, else a
     :class:`~lifelong_ray.data.logs.GroupCommit` (one parquet file per lone request)."""
     prefix = prefix or logs.predictions_prefix
     if segments and logs.storage.is_local:
         return SegmentLog(logs, prefix, replica=f"{os.getpid()}-{uuid.uuid4().hex[:8]}", seal_s=seal_s,
-                          on_sealed=on_sealed)
-    return GroupCommit(logs, prefix)
+                          on_sealed=on_sealed, durability=durability, flush_interval_s=flush_interval_s)
+    return GroupCommit(logs, prefix, durability=durability, flush_interval_s=flush_interval_s)
 
 
-@dataclass
+@dataclass(eq=False)  # one object per open file: hashed by identity (a group flusher marks it)
 class _Segment:
-    """One open segment: its fd (locked), schema, and what was written and synced."""
+    """One open segment: its fd (locked), schema, and what was written and synced.
+    ``lock`` keeps a group flusher's sync and :meth:`close` apart (the fd is not
+    closed, and its number reused, under a sync)."""
 
     full: str
     fd: int
@@ -327,6 +341,7 @@ class _Segment:
     retired: bool = False  # no longer appended to; on the retired list until sealed
     flusher: asyncio.Task[None] | None = None
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, directory: str, stem: str, schema: pa.Schema, *, fsync: bool) -> "_Segment":
@@ -348,9 +363,24 @@ class _Segment:
         return seg
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+    def flush_to_device(self) -> None:
+        """The group commit's sync (durability ``group``): what was written so far. A
+        failed sync stops appends to this segment (they go to a new one)."""
+        with self.lock:
+            end = self.written
+            if self.fd < 0 or self.synced >= end:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                self.broken = True
+                raise
+            self.synced = max(self.synced, end)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -364,7 +394,12 @@ class _Segment:
 
 
 class SegmentLog:
-    """Appends of one log from the coroutines of one event loop, durable on return.
+    """Appends of one log from the coroutines of one event loop, durable on return as
+    ``durability`` says: ``fsync``, synced before :meth:`append` returns; ``group``,
+    written to the OS before it returns and synced by the log's
+    :class:`~lifelong_ray.data.flush.GroupFlusher` (its own thread) within
+    ``flush_interval_s``; ``none``, written to the OS (default: ``fsync`` if
+    ``logs.fsync``, else ``none``).
 
     The same interface as :class:`~lifelong_ray.data.logs.GroupCommit`: :meth:`append`
     takes a function of the write time and the row count and returns ``(segment path,
@@ -376,11 +411,18 @@ class SegmentLog:
 
     def __init__(self, logs: ModelLogs, prefix: str, *, replica: str | None = None, seal_s: float | None = 0.25,
                  clock: Callable[[], float] = time.time, inline_idle_s: float = 0.002,
-                 on_sealed: Callable[[list[Sealed]], None] | None = None) -> None:
+                 on_sealed: Callable[[list[Sealed]], None] | None = None,
+                 durability: "Durability | None" = None, flush_interval_s: float = 0.1) -> None:
         if not logs.storage.is_local:
             raise ValueError("a segment log needs a local storage root")
         self.logs = logs
         self.prefix = prefix
+        self.durability: Durability = durability or ("fsync" if logs.fsync else "none")
+        #: the group commit of this log (durability ``group``), else None
+        self.flusher = GroupFlusher(prefix, flush_interval_s) if self.durability == "group" else None
+        #: whether sealed files are synced: a seal deletes the segment, so unless nothing is ever
+        #: synced (``none``) its rows must be on the device first
+        self.seal_fsync = self.durability != "none"
         self.replica = replica or uuid.uuid4().hex[:12]
         self.seal_s = seal_s
         self.clock = clock
@@ -416,8 +458,10 @@ class SegmentLog:
         seg.rows += record.n
         if self._sealer is None and self.seal_s is not None:
             self._sealer = asyncio.get_running_loop().create_task(self._seal_loop())
-        if self.logs.fsync:
+        if self.durability == "fsync":
             await self._sync(seg, seg.written, alone)
+        elif self.flusher is not None:
+            self.flusher.mark(seg)
         if seg.rows >= MAX_SEGMENT_ROWS and seg is self._current:
             self._retire(seg)
         return self.logs.storage.rel(seg.full), t
@@ -430,7 +474,9 @@ class SegmentLog:
             self._retire(seg)
         self._seq += 1
         self._current = _Segment.create(self.directory, f"{self.replica}-{self._seq:06d}", schema,
-                                        fsync=self.logs.fsync)
+                                        fsync=self.durability == "fsync")
+        if self.flusher is not None:  # its name, too, is synced by the next group commit
+            self.flusher.mark(PathSync(self.directory, directory=True))
         return self._current
 
     async def _sync(self, seg: _Segment, target: int, alone: bool = True) -> None:
@@ -541,7 +587,7 @@ class SegmentLog:
         own: list[tuple[str, float, float, int]] = []
         for seg in segs:
             try:
-                own.extend(seal_file(self.logs, self.prefix, seg.full, fsync=self.logs.fsync))
+                own.extend(seal_file(self.logs, self.prefix, seg.full, fsync=self.seal_fsync))
             except Exception:  # noqa: BLE001 - keep it (and its lock) for the next pass
                 log.exception("could not seal segment %s; retrying next pass", seg.full)
                 self._retired.append(seg)
@@ -550,7 +596,7 @@ class SegmentLog:
         orphans: list[tuple[str, float, float, int]] = []
         if scan:
             mine = frozenset({s.full for s in (self._current, *self._retired) if s is not None})
-            orphans = seal_orphans(self.logs, self.prefix, fsync=self.logs.fsync, skip=mine)
+            orphans = seal_orphans(self.logs, self.prefix, fsync=self.seal_fsync, skip=mine)
         return own, orphans
 
     def seal_now(self) -> list[tuple[str, float, float, int]]:
@@ -578,3 +624,8 @@ class SegmentLog:
             self.seal_now()
         except Exception:  # noqa: BLE001 - the next replica seals it as an orphan
             log.exception("could not seal the segments of %s at shutdown", self.prefix)
+        if self.flusher is not None:  # what a segment left unsealed (still syncing) holds
+            try:
+                self.flusher.close()
+            except Exception:  # noqa: BLE001
+                log.exception("could not flush the segments of %s at shutdown", self.prefix)

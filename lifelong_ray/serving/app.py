@@ -32,8 +32,11 @@ request, shared under load), sealed into the parquet log every
 ``data.log_seal_seconds``; otherwise, and for feedback, one
 :class:`~lifelong_ray.data.logs.GroupCommit` per log and model writes them (requests
 that arrive while a file is being written share the next file and its fsync). Either
-way a request is answered 2xx only once its rows are durable (``data.log_fsync`` says
-whether that includes an fsync).
+way a request is answered 2xx only once its rows are written, as durable as
+``data.durability`` says for its log: ``fsync``, synced to the device first;
+``group`` (the prediction log's default), in the OS, and synced by the log's group
+commit (one flusher thread, :mod:`~lifelong_ray.data.flush`) within
+``data.flush_interval_ms``; ``none``, in the OS.
 
 Besides predict, the ingress takes feedback labels exactly once
 (:mod:`~lifelong_ray.serving.feedback`), hands out label requests
@@ -67,6 +70,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lifelong_ray.config import Config, ServingConfig
 from lifelong_ray.control.commands import submit_command
 from lifelong_ray.data.answers import AnswerLog
+from lifelong_ray.data.flush import GroupFlusher
 from lifelong_ray.data.logs import GroupCommit, ModelLogs, feedback_rows
 from lifelong_ray.data.segments import seal_orphans
 from lifelong_ray.data.schema import Schema
@@ -449,9 +453,18 @@ class _Model:
         self.book = FeedbackBook(self.logs, horizon_s=cfg.data.label_horizon_seconds, capacity=index_capacity)
         # predictions: appended to this replica's segment, sealed into parquet every log_seal_seconds
         # (local disk), or group commit: the rows of concurrent requests share one durable file
+        durability, flush_s = cfg.data.durability, cfg.data.flush_interval_ms / 1e3
         self.answers = AnswerLog(self.logs, self.schema, segments=cfg.data.log_segments,
-                                 seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed)
-        self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix)
+                                 seal_s=cfg.data.log_seal_seconds, on_sealed=self.book.served_sealed,
+                                 durability=durability.predictions, flush_interval_s=flush_s)
+        self.feedback_log = GroupCommit(self.logs, self.logs.feedback_prefix, durability=durability.feedback,
+                                        flush_interval_s=flush_s)
+        self.command_flusher = GroupFlusher(f"{self.name}/commands", flush_s) \
+            if durability.commands == "group" and self.storage.is_local else None
+        for log_name, flusher in (("predictions", self.answers.flusher), ("feedback", self.feedback_log.flusher),
+                                  ("commands", self.command_flusher)):
+            if flusher is not None:  # read at scrape time
+                M.LOG_UNFLUSHED.labels(model=self.name, log=log_name).set_function(flusher.unflushed_seconds)
         self.live_guard = LiveLabelGuard(cfg, self.storage, capacity=index_capacity)
         #: status and label-request snapshots, a second old at most (serving/reads.py)
         self.snapshots = TTLCache()
@@ -606,7 +619,7 @@ class Ingress:
             if m.answers.segmented:  # rows a dead replica answered but never sealed
                 try:
                     sealed = await asyncio.to_thread(seal_orphans, m.logs, m.logs.predictions_prefix,
-                                                     fsync=m.logs.fsync)
+                                                     fsync=m.cfg.data.durability.predictions != "none")
                     if sealed:
                         logger.warning("sealed %d rows of %s left in segments of a stopped replica",
                                        sum(r for *_, r in sealed), m.name)
@@ -951,7 +964,8 @@ class Ingress:
         who = (body.who or "").strip() or "http"
         try:
             cmd = await asyncio.to_thread(submit_command, m.storage, m.name, kind, version=version, who=who,
-                                          why=why, now=time.time())
+                                          why=why, now=time.time(), durability=m.cfg.data.durability.commands,
+                                          flusher=m.command_flusher)
         except Exception as err:  # noqa: BLE001 - never a 2xx for a command that is not durable
             M.ADMIN_COMMANDS.labels(model=model, kind=kind.value, result="failed").inc()
             logger.exception("could not write the %s command of %s", kind.value, model)
@@ -1111,5 +1125,8 @@ class Ingress:
             task = getattr(self, name, None)
             if task is not None:
                 task.cancel()
-        for m in getattr(self, "_models", {}).values():  # Serve's graceful shutdown: seal what is left
+        for m in getattr(self, "_models", {}).values():  # Serve's graceful shutdown: seal and sync what is left
             m.answers.close()
+            m.feedback_log.close()
+            if m.command_flusher is not None:
+                m.command_flusher.close()

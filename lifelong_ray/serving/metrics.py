@@ -93,6 +93,15 @@ VERSION_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+LOG_UNFLUSHED = Gauge(
+    "lifelong_log_unflushed_seconds",
+    "How long the oldest record of a log with durability 'group' has waited, written to the OS but not yet "
+    "synced to the device (0 when all are synced): the records a power loss would lose now are at most this old. "
+    "Stays under data.flush_interval_ms plus one sync while the disk keeps up.",
+    ["model", "log"],
+    registry=REGISTRY,
+)
+
 
 #: the collector of the controller's persisted state (drift, budget, rollout, retrains, quota, quarantine)
 STATE = StateCollector()

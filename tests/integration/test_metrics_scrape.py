@@ -174,6 +174,11 @@ def test_counts_match_the_requests_sent(served):
     assert delta("lifelong_feedback", "lifelong_feedback_total", model=MODEL, outcome="rejected") == 3
     assert _value(after, "lifelong_route_weight_percent", "lifelong_route_weight_percent",
                   model=MODEL, version=v1) == 100.0
+    # the prediction log's group commit (data.durability.predictions: group, the default) exports its lag
+    assert after["lifelong_log_unflushed_seconds"].type == "gauge"
+    lag = [s.value for s in after["lifelong_log_unflushed_seconds"].samples
+           if s.labels == {"model": MODEL, "log": "predictions"}]
+    assert len(lag) == 1 and lag[0] >= 0.0
     # scrape-time families are there too, with their declared labels
     assert after["lifelong_rollout_stage"].type == "gauge"
     roles = {(s.labels["version"], s.labels["role"]) for s in after["lifelong_model_info"].samples

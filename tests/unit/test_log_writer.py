@@ -168,11 +168,21 @@ def test_append_encoding_is_uncompressed_and_reads_back_the_same_table():
     assert pq.read_table(pa.BufferReader(data)).equals(rows)
 
 
-def test_log_fsync_comes_from_the_config(tmp_path):
+def test_each_log_s_durability_comes_from_the_config(tmp_path):
+    from lifelong_ray.data.answers import AnswerLog
+
     base = load_config("configs/demo.yaml").with_overrides(storage={"root": str(tmp_path)})
-    assert ModelLogs.from_config(Storage(str(tmp_path)), base).fsync is True
-    relaxed = base.with_overrides(data={"log_fsync": False})
-    assert ModelLogs.from_config(Storage(str(tmp_path)), relaxed).fsync is False
+    assert base.data.durability.model_dump() == {"predictions": "group", "feedback": "fsync", "commands": "fsync"}
+    assert base.data.flush_interval_ms == 100.0
+    answers = AnswerLog.from_config(base)
+    assert answers.writer.durability == "group" and answers.flusher.interval_s == 0.1
+    answers.close()
+    relaxed = base.with_overrides(data={"durability": {"predictions": "none"}, "flush_interval_ms": 20})
+    answers = AnswerLog.from_config(relaxed)
+    assert answers.writer.durability == "none" and answers.flusher is None
+    answers.close()
+    with pytest.raises(Exception, match="data.log_fsync was replaced by data.durability"):
+        base.with_overrides(data={"log_fsync": False})
 
 
 def test_a_lone_caller_on_an_idle_writer_writes_in_line_and_is_durable(tmp_path):

@@ -62,6 +62,7 @@ def test_only_the_lease_holder_acts_and_the_standby_takes_over_when_it_is_killed
 
         ray.kill(first, no_restart=True)  # no clean stop: the lease just stops being renewed
         _until(lambda: ray.get(second.status.remote())["role"] == "leader", 60, "the standby to take over")
+        _until(lambda: len(_events(storage, EventKind.LEADER_ACQUIRED)) == 2, 30, "its leader_acquired event")
         took = _events(storage, EventKind.LEADER_ACQUIRED)[-1]
         assert took.data["previous_holder"] == holder_a and took.data["generation"] == 2
         assert "stopped renewing generation 1" in took.reason

@@ -441,6 +441,15 @@ class DataConfig(_Frozen):
         description="the label guard judges at least this many rows: a smaller batch is judged together with "
                     "the rows before it (batch ingest: the newest batch-ingested rows; live feedback: the "
                     "rolling window), never skipped")
+    guard_live: Literal["quarantine", "alert", "off"] = Field(
+        default="alert",
+        description="live :feedback label guard (the rolling disagreement check below). 'quarantine': a stream "
+                    "whose labels collapse against the served predictions is diverted to the quarantine store "
+                    "until an operator releases it; 'alert': the same check only warns (log, "
+                    "lifelong_feedback_total{outcome=\"flagged\"}) and the labels flow on; 'off'. A sudden real "
+                    "concept change looks exactly like a label flip to this check, and quarantining it stops the "
+                    "model from adapting until someone releases the labels: 'alert' is the default, 'quarantine' "
+                    "is for feedback from untrusted sources")
     guard_live_window_rows: int = Field(
         default=200, ge=1,
         description="live :feedback labels: the rolling window (per model, in the ingress) of the newest "

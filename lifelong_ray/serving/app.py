@@ -936,8 +936,8 @@ class Ingress:
         finally:
             m.book.settle(held, None, now)  # not labeled: a release (or a later label) may take the id
         why = f"quarantined as {entry.id} ({m.live_guard.message(verdict)})"
-        return accepted, [Rejected(c.index, c.request_id, RejectCode.QUARANTINED, f"labels[{c.index}].label: {why}")
-                          for c in held]
+        return passed, [Rejected(c.index, c.request_id, RejectCode.QUARANTINED, f"labels[{c.index}].label: {why}")
+                         for c in held]
 
     @api.get("/v1/models/{model}/label-requests", response_model=LabelRequests,
              responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})

@@ -535,12 +535,25 @@ def status_document(cfg: Config, state: dict[str, Any] | None, *, live: dict[str
                        "seq": st.get("seq", 0), "last_tick_t": st.get("last_tick_t"),
                        "last_tick_time": _iso(st.get("last_tick_t")),
                        "ticks": (live or {}).get("ticks"), "tick_errors": (live or {}).get("tick_errors"),
-                       "restored": (live or {}).get("restored"), "serving": (live or {}).get("serving")},
+                       "restored": (live or {}).get("restored"), "serving": (live or {}).get("serving"),
+                       "role": (live or {}).get("role"), "holder": (live or {}).get("lease_holder"),
+                       "lease": _lease_doc(storage, model)},
         "storage": cfg.storage.root,
     }
     if registry_error:
         doc["registry_error"] = registry_error
     return doc
+
+
+def _lease_doc(storage: Any, model: str) -> dict[str, Any] | None:
+    """The model's leader lease as stored: who leads, which generation, when it expires."""
+    from lifelong_ray.control.lease import read_lease
+
+    rec = read_lease(storage, model)
+    if rec is None:
+        return None
+    return {"holder": rec.holder, "generation": rec.generation, "renewed_t": rec.renewed_t,
+            "expires_t": rec.expires_t, "expires_time": _iso(rec.expires_t), "released": rec.released}
 
 
 def status_payload(docs: list[dict[str, Any]], now: float) -> dict[str, Any]:
@@ -563,7 +576,8 @@ def status_table(docs: list[dict[str, Any]]) -> Any:
         stage = d["stage"] + (f" ({d['approval_for']})" if d["approval_for"] else "") + \
             (f"\ncandidate {d['candidate']}" if d["candidate"] else "") + ("\nPAUSED" if d["paused"] else "") + \
             "".join(f"\nNOT SERVING {v}: {serving.get('errors', {}).get(v, 'deploying')}"
-                    for v in serving.get("missing") or [])
+                    for v in serving.get("missing") or []) + \
+            ("\nSTANDBY (another controller leads)" if d["controller"].get("role") == "standby" else "")
         r = d["retrain"]
         retrain = r["stage"] + (f" {r['job_id']}" if r["stage"] != "idle" and r["job_id"] else "") + \
             (f"\n{r['deferred_reason']}" if r["deferred_reason"] else "")
@@ -629,7 +643,8 @@ def _sources(model: str | None, config: str | None) -> list[tuple[Config, dict[s
         except ray.exceptions.GetTimeoutError:
             raise CliError(f"the controller of {m} did not answer in 30 s: check `ray status` and its log"
                            f" (`ray logs actor --id <id>`), or read storage with --config") from None
-        counters = {k: live.pop(k, None) for k in ("ticks", "tick_errors", "restored", "serving")}
+        counters = {k: live.pop(k, None) for k in ("ticks", "tick_errors", "restored", "serving", "role",
+                                                   "lease_holder", "lease_generation")}
         out.append((cfg, live, counters))
     return out
 

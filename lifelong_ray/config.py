@@ -441,6 +441,15 @@ class DataConfig(_Frozen):
         description="the label guard judges at least this many rows: a smaller batch is judged together with "
                     "the rows before it (batch ingest: the newest batch-ingested rows; live feedback: the "
                     "rolling window), never skipped")
+    guard_live: Literal["quarantine", "alert", "off"] = Field(
+        default="alert",
+        description="live :feedback label guard (the rolling disagreement check below). 'quarantine': a stream "
+                    "whose labels collapse against the served predictions is diverted to the quarantine store "
+                    "until an operator releases it; 'alert': the same check only warns (log, "
+                    "lifelong_feedback_total{outcome=\"flagged\"}) and the labels flow on; 'off'. A sudden real "
+                    "concept change looks exactly like a label flip to this check, and quarantining it stops the "
+                    "model from adapting until someone releases the labels: 'alert' is the default, 'quarantine' "
+                    "is for feedback from untrusted sources")
     guard_live_window_rows: int = Field(
         default=200, ge=1,
         description="live :feedback labels: the rolling window (per model, in the ingress) of the newest "
@@ -573,6 +582,28 @@ class ControllerConfig(_Frozen):
         description="every this many ticks the observer writes a checkpoint (log read positions, counters, window "
                     "buffers, the predictions still waiting for a label); a restart loads it and reads only the "
                     "log files written since")
+    command_skew_seconds: float = Field(
+        default=60.0, ge=0,
+        description="an operator command written up to this long before the newest one taken in (a writer whose "
+                    "clock is behind) is still applied, once; an older one never taken in is refused "
+                    "(command_rejected)")
+    lease_seconds: float | None = Field(
+        default=None, gt=0,
+        description="leader lease: a standby controller on the same storage takes over when the leader has not "
+                    "renewed it for this long (the leader renews it as it ticks and writes: make it longer than "
+                    "the longest tick, which deploys versions). null: max(30, 3 x tick_seconds)")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_tick(self) -> "ControllerConfig":
+        if self.lease_seconds is not None and self.lease_seconds < 2 * self.tick_seconds:
+            raise ValueError(f"lease_seconds ({self.lease_seconds:g}) must be at least 2 x tick_seconds "
+                             f"({self.tick_seconds:g}): the leader renews its lease once a tick")
+        return self
+
+    @property
+    def lease_period(self) -> float:
+        """``lease_seconds``, or its default."""
+        return self.lease_seconds if self.lease_seconds is not None else max(30.0, 3 * self.tick_seconds)
 
 
 class Config(_Frozen):

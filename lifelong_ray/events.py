@@ -57,6 +57,8 @@ class EventKind(str, Enum):
     ACTION_FAILED = "action_failed"              # an effect failed past its retries, with the error
     CHAMPION_UNAVAILABLE = "champion_unavailable"  # the champion could not be (re)deployed; the last serving stays
     SERVING_RECONCILED = "serving_reconciled"    # Serve did not match the state: a version (re)deployed or retired
+    LEADER_ACQUIRED = "leader_acquired"          # this controller holds the model's lease and acts (DESIGN §4)
+    LEADER_LOST = "leader_lost"                  # a controller found another one holds the lease; it stands by
 
 
 class Event(BaseModel):

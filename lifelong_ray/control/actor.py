@@ -1,7 +1,9 @@
 """The long-lived controller as a named, detached Ray actor.
 
 One per model, named ``lifelong-controller-<model>`` in the ``lifelong``
-namespace, restarted by Ray if it dies (``max_restarts=-1``). A background
+namespace, restarted by Ray if it dies (``max_restarts=-1``). It acts only while
+it holds the model's lease on storage (:mod:`lifelong_ray.control.lease`); a
+controller of another Ray cluster on the same storage stands by. A background
 thread ticks every ``controller.tick_seconds``; methods answer status queries
 meanwhile (threaded actor).
 
@@ -19,7 +21,7 @@ from typing import Any
 import ray
 
 from lifelong_ray.config import Config, parse_config
-from lifelong_ray.control.controller import Controller
+from lifelong_ray.control.controller import Controller, load_state
 from lifelong_ray.control.reconcile import ServeBackend
 
 NAMESPACE = "lifelong"
@@ -37,7 +39,9 @@ class ControllerActor:
         self.cfg = parse_config(cfg)
         self._lock = threading.Lock()
         backend = ServeBackend(self.cfg) if self.cfg.serving.version_placement == "deployment" else None
-        self.ctrl = Controller(self.cfg, serving=backend)
+        # the lease holder is the actor id, which a restart of this actor keeps: it leads again at once
+        holder = f"actor-{ray.get_runtime_context().get_actor_id()}"
+        self.ctrl = Controller(self.cfg, serving=backend, holder=holder)
         self.ticks = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -58,11 +62,16 @@ class ControllerActor:
             self._stop.wait(max(0.0, period - (time.monotonic() - started)))
 
     def status(self) -> dict[str, Any]:
-        state = self.ctrl.state.model_dump(mode="json")
+        ctrl = self.ctrl
+        current = ctrl.state if ctrl.role == "leader" else load_state(ctrl.storage, self.cfg.model.name)
+        state = (current or ctrl.state).model_dump(mode="json")
         state["ticks"] = self.ticks
         state["tick_errors"] = self.errors
-        state["restored"] = self.ctrl.restored
-        state["serving"] = self.ctrl.reconciler.status() if self.ctrl.reconciler is not None else None
+        state["restored"] = ctrl.restored
+        state["serving"] = ctrl.reconciler.status() if ctrl.reconciler is not None else None
+        state["role"] = ctrl.role  # "standby": another controller holds the lease and acts
+        state["lease_holder"] = ctrl.lease.holder
+        state["lease_generation"] = ctrl.lease.generation
         return state
 
     def config(self) -> dict[str, Any]:
@@ -71,6 +80,8 @@ class ControllerActor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        with self._lock:
+            self.ctrl.release()  # a standby (or the next `lifelong up`) leads at once
 
 
 def start_controller(cfg: Config) -> Any:

@@ -7,7 +7,9 @@ pending actions, which are idempotent, so each step happens exactly once. A
 failing action is retried with backoff and finally abandoned
 (:mod:`lifelong_ray.control.retry`); the policy is told on the next tick and
 reacts. Observe and decide run on every tick regardless: the loop never dies or
-stalls, and the last good version keeps serving.
+stalls, and the last good version keeps serving. Only the holder of the model's
+lease (:mod:`lifelong_ray.control.lease`) ticks; every durable write checks it
+still holds it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import os
 
 from lifelong_ray.clock import Clock, WallClock
 from lifelong_ray.config import Config
+from lifelong_ray.control.commands import archive_commands
 from lifelong_ray.control.executor import Executor
 from lifelong_ray.control.housekeeping import Housekeeper
 from lifelong_ray.control.jobs import running_retrains
+from lifelong_ray.control.lease import Lease, LeaseLost, default_holder, leader_acquired_event, leader_lost_event
 from lifelong_ray.control.observe import Observer
 from lifelong_ray.control.reconcile import Reconciler, ServingBackend
 from lifelong_ray.control.retry import Retries
@@ -59,25 +63,70 @@ def load_state(storage: Storage, model: str) -> ControllerState | None:
 
 class Controller:
     """``serving``: the Serve backend that every tick reconciles with the state
-    (:mod:`~lifelong_ray.control.reconcile`); None (in-process tests) reconciles nothing."""
+    (:mod:`~lifelong_ray.control.reconcile`); None (in-process tests) reconciles nothing.
+    ``holder``: who this controller is to the model's lease (default: host and pid)."""
 
-    def __init__(self, cfg: Config, clock: Clock | None = None, serving: ServingBackend | None = None) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None, serving: ServingBackend | None = None,
+                 holder: str | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or WallClock()
         self.storage = Storage(cfg.storage.root)
         self.registry = Registry(self.storage, cfg.model.name)
         self.audit = AuditLog(self.storage, cfg.model.name)
-        self.observer = Observer(cfg, self.storage, self.registry)
+        # one leader per model (control/lease.py): a standby observes and writes nothing
+        self.lease = Lease(self.storage, cfg.model.name, holder=holder or default_holder(), clock=self.clock,
+                           seconds=cfg.controller.lease_period)
+        self.observer: Observer | None = None  # built on taking the lease
         self.executor = Executor(cfg, self.storage, self.registry)
+        self.executor.fence = self.lease.hold
         self.reconciler = Reconciler(cfg.model.name, serving) if serving is not None else None
         self.retries = Retries(cfg.controller.action_retries, cfg.controller.action_backoff_seconds)
         self.housekeeper = Housekeeper(cfg, self.storage, self.registry, self.audit)
         self.state = load_state(self.storage, cfg.model.name) or ControllerState(model=cfg.model.name)
         self.restored = self.state.seq > 0
-        self.state.pending_actions = recover(self.state, cfg)
+        try:
+            if self.lease.acquire():
+                self._lead()
+        except LeaseLost as lost:
+            self._step_down(lost)
+
+    @property
+    def role(self) -> str:
+        """``leader`` (holds the model's lease and acts) or ``standby``."""
+        return "leader" if self.lease.held else "standby"
+
+    def _lead(self) -> None:
+        """Just took the lease: start from the state on storage, as after a restart."""
+        self.state = load_state(self.storage, self.cfg.model.name) or ControllerState(model=self.cfg.model.name)
+        self.restored = self.state.seq > 0
+        self.observer = Observer(self.cfg, self.storage, self.registry)
+        self.state.pending_actions = recover(self.state, self.cfg)
+        self.audit.append([leader_acquired_event(self.lease, self.cfg.model.name)],
+                          key=f"leader-{self.lease.generation:012d}")
         self._drain()
 
+    def _lead_or_stand_by(self) -> bool:
+        """True if we lead this tick (renewing the lease, or taking it over)."""
+        if self.lease.held:
+            self.lease.hold()
+            return True
+        if self.lease.acquire():
+            self._lead()
+            return True
+        return False
+
+    def _step_down(self, lost: LeaseLost) -> None:
+        log.warning("%s stands by: %s", self.lease.holder, lost)
+        self.observer = None
+        self.audit.append([leader_lost_event(lost, self.lease, self.cfg.model.name)],
+                          key=f"leader-{lost.generation:012d}-lost")
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop): a standby takes over at once."""
+        self.lease.release()
+
     def _save(self) -> None:
+        self.lease.hold()  # fencing: a deposed leader never overwrites the new one's state
         self.storage.write_json(state_path(self.cfg.model.name), self.state.model_dump(mode="json"))
 
     def _drain(self, now: float | None = None) -> bool:
@@ -114,6 +163,7 @@ class Controller:
     def _observe(self, now: float) -> Observations:
         """The observer's view plus what only this process knows (abandoned actions, a
         retrain task that died) and, while a retrain waits, the other models' running ones."""
+        assert self.observer is not None
         obs = self.observer.observe(self.state, now)
         obs.failed_actions = self.retries.take_abandoned()
         if obs.failed_actions:
@@ -125,16 +175,36 @@ class Controller:
             obs.retrains_running = running_retrains(self.storage, exclude=self.cfg.model.name)
         return obs
 
-    def tick(self) -> Decision:
-        """One observe-decide-persist-act round; it runs even while an action fails."""
+    def _archive_commands(self, obs: Observations) -> None:
+        """Move the command files this state took in out of the pending folder (after the save)."""
+        keys = [c.key for c in obs.commands] + obs.commands_unarchived
+        try:
+            archive_commands(self.storage, self.cfg.model.name, keys)
+        except Exception:  # noqa: BLE001 - the ledger already stops a replay; the next tick retries
+            log.exception("could not archive %d command files; will retry next tick", len(keys))
+
+    def tick(self) -> Decision | None:
+        """One observe-decide-persist-act round; it runs even while an action fails.
+        None while standing by (another controller holds the model's lease)."""
+        try:
+            if not self._lead_or_stand_by():
+                return None
+            return self._tick()
+        except LeaseLost as lost:
+            self._step_down(lost)
+            return None
+
+    def _tick(self) -> Decision:
         now = self.clock.now()
         self._drain(now)
         obs = self._observe(now)
         decision = decide(self.state, obs, self.cfg, now)
+        self.lease.hold()
         self.audit.append(decision.events, key=f"tick-{decision.state.seq:012d}")
         decision.state.pending_actions = self.retries.forget_dropped(self.state.pending_actions) + decision.actions
         self.state = decision.state
         self._save()
+        self._archive_commands(obs)
         self._drain(now)
         self._reconcile()
         self.housekeeper.maybe_run(self.state, now)  # retention + compaction when due; never raises
@@ -144,6 +214,7 @@ class Controller:
         """Make Serve run what the state says should serve (level-triggered, every tick)."""
         if self.reconciler is None:
             return
+        self.lease.hold()
         try:
             events = self.reconciler.reconcile(self.state, self.clock.now())
         except Exception:  # noqa: BLE001 - Serve unreachable: the next tick tries again

@@ -15,7 +15,7 @@ so unit tests hand in a fake.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from lifelong_ray.config import Config
 from lifelong_ray.policy.model import Action, ActionKind, RetrainOutcome
@@ -57,8 +57,10 @@ class Executor:
         self.registry = registry
         self.tasks = tasks or RayTasks()
         self._jobs: dict[str, Any] = {}  # job_id -> ObjectRef of the running retrain task
+        self.fence: Callable[[], None] = lambda: None  # raises if this controller may no longer write (lease)
 
     def execute(self, action: Action) -> None:
+        self.fence()
         handler = {
             ActionKind.START_RETRAIN: self._start_retrain,
             ActionKind.DEPLOY_VERSION: self._deploy,

@@ -261,11 +261,11 @@ def take_inventory(storage: "Storage", registry: "Registry", model: str) -> Inve
 def retire_version_files(storage: "Storage", model: str, version: str, reason: str, now: float) -> None:
     """Tombstone first, then the manifest (the version is no longer committed, nothing
     loads it), then the artifacts. Safe to repeat."""
-    from lifelong_ray.registry.store import ARTIFACT_FILES, MANIFEST
+    from lifelong_ray.registry.store import ARTIFACT_FILES, CLAIM, MANIFEST
 
     vdir = f"models/{model}/versions/{version}"
     storage.write_json(f"{vdir}/{RETIRED}", {"version": version, "retired_at": now, "reason": reason})
-    for name in (MANIFEST, *ARTIFACT_FILES):
+    for name in (MANIFEST, *ARTIFACT_FILES, CLAIM):  # the tombstone keeps the name taken
         _delete(storage, f"{vdir}/{name}")
 
 

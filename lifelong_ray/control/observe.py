@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from lifelong_ray.config import Config
 from lifelong_ray.control.checkpoint import read_checkpoint, write_checkpoint
-from lifelong_ray.control.commands import read_commands
+from lifelong_ray.control.commands import read_new_commands
 from lifelong_ray.control.unjoined import EarlyLabels, Unjoined
 from lifelong_ray.control.windows import WindowTracker
 from lifelong_ray.data.logs import LABELED_META, LogTail, ModelLogs
@@ -228,7 +228,8 @@ class Observer:
             obs.retrain_outcome = self._outcome(state.retrain_job_id)
         obs.shadow_stats = self._shadow_stats(state)
         obs.budget = self.tracker.budget(now)
-        obs.commands = read_commands(self.storage, self.cfg.model.name, done=set(state.commands_done))
+        obs.commands, obs.commands_unarchived = read_new_commands(
+            self.storage, self.cfg.model.name, state.command_ledger, self.cfg.controller.command_skew_seconds)
         return obs
 
     def _shadow_stats(self, state: ControllerState) -> ShadowStats | None:

@@ -37,8 +37,9 @@ with the predictions again.
 A genuine, sudden concept change looks exactly like mislabeling to any check of
 one batch against the past: a batch-ingested drifted batch is quarantined too, and
 an operator who knows the world changed releases it (``lifelong quarantine
-release``). Live feedback joined by the controller does not pass this guard: a
-real concept change there is what drift detection and retraining are for.
+release``). For live feedback that is why ``data.guard_live`` defaults to
+``alert`` (flag, keep training: a real concept change there is what drift
+detection and retraining are for) and quarantines only when set to ``quarantine``.
 
     >>> import numpy as np
     >>> from lifelong_ray.config import DataConfig

@@ -53,6 +53,21 @@ class OperatorCommand(BaseModel):
     who: str = "unknown"
     why: str = ""
     t: float = 0.0
+    key: str = ""  # "<ms timestamp, 15 digits>-<id>": its file name, the order commands are taken in
+
+
+class CommandLedger(BaseModel):
+    """Which operator commands were taken in, bounded however many there were.
+
+    ``mark`` is the key of the newest command taken in; ``recent`` holds the keys
+    taken in within ``controller.command_skew_seconds`` of it (a command written a
+    little late, by a writer whose clock is behind, is still taken in once) and those
+    whose file has not been archived yet. A command older than the window that was
+    never taken in is refused (``command_rejected``), never applied late."""
+
+    mark: str = ""
+    recent: list[str] = Field(default_factory=list)
+    taken: int = 0  # commands taken in, all time
 
 
 class Action(BaseModel):
@@ -100,7 +115,8 @@ class ControllerState(BaseModel):
     budget_frozen: bool = False
     budget_reason: str = ""
     budget: dict[str, Any] = Field(default_factory=dict)  # the last budget seen: remaining and burn per SLI
-    commands_done: list[str] = Field(default_factory=list)  # ids of operator commands taken in (newest last)
+    commands_done: list[str] = Field(default_factory=list)  # legacy (before command_ledger): ids taken in
+    command_ledger: CommandLedger = Field(default_factory=CommandLedger)  # which operator commands were taken in
 
     retrain: RetrainStage = RetrainStage.IDLE
     retrain_count: int = 0
@@ -252,6 +268,7 @@ class Observations(BaseModel):
     retrain_outcome: RetrainOutcome | None = None
     candidate_reference_accuracy: float | None = None
     commands: list[OperatorCommand] = Field(default_factory=list)  # operator commands not yet taken in
+    commands_unarchived: list[str] = Field(default_factory=list)  # keys taken in whose files are not archived yet
     shadow_stats: ShadowStats | None = None  # since the shadow started
     budget: BudgetStatus | None = None  # SLO error budgets (WindowTracker.budget); None: not measured
     failed_actions: list[FailedAction] = Field(default_factory=list)  # abandoned since the last tick

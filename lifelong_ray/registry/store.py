@@ -12,8 +12,9 @@ Layout under the storage root::
 A version directory without ``MANIFEST.json`` is incomplete (a writer died
 half-way): it is not listed and never loaded. Every load checks each file's
 sha256 and size against the manifest first (rule 7); weights are safetensors,
-never pickle. One writer per model is assumed (the controller); concurrent
-registrations of the same model are not coordinated.
+never pickle. A new version's number is claimed first (``claim.json``, created
+only if absent: :meth:`~lifelong_ray.storage.Storage.create_exclusive`), so two
+writers registering at once (two retrain jobs, two controllers) get two numbers.
 
     >>> import tempfile, numpy as np, pyarrow as pa, torch
     >>> from lifelong_ray.config import EstimatorConfig, FeatureSpec, LabelSpec, ModelSpec
@@ -67,6 +68,7 @@ from lifelong_ray.training.estimators import build_module
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+CLAIM = "claim.json"  # created exclusively before anything else: the version number is taken
 WEIGHTS, TRANSFORM, META, REFERENCE = "weights.safetensors", "transform.json", "meta.json", "reference.parquet"
 ARTIFACT_FILES = (WEIGHTS, TRANSFORM, META, REFERENCE)
 _FORMAT = 1
@@ -123,6 +125,14 @@ class Registry:
         # another (possibly still running) writer started
         nums = [int(d[1:]) for d in self._all_version_dirs()]
         return f"v{max(nums, default=0) + 1:04d}"
+
+    def _claim_version(self, job_id: str | None) -> str:
+        """The next free version number, taken for this writer alone."""
+        body = json.dumps({"job_id": job_id}).encode()
+        while True:
+            version = self._next_version()
+            if self.storage.create_exclusive(f"{self._vdir(version)}/{CLAIM}", body):
+                return version
 
     # -- verified reads ----------------------------------------------------------
     def _manifest(self, version: str) -> dict[str, Any]:
@@ -229,7 +239,7 @@ class Registry:
         # fail now, not at load time, if the weights do not fit the architecture
         build_module(estimator, n_in, len(classes)).load_state_dict(tensors, strict=True)
 
-        version = self._next_version()
+        version = self._claim_version(job_id)
         meta = {
             **metadata,
             "model": self.model,

@@ -918,9 +918,15 @@ class Ingress:
     async def _guard_labels(m: _Model, accepted: list, now: float) -> tuple[list, list[Rejected]]:
         """The live label guard (serving/feedback_guard.py): labels of a collapsing stream
         go to the quarantine store, durably, instead of the feedback log."""
+        mode = m.cfg.data.guard_live
+        if mode == "off":
+            return accepted, []
         await m.live_guard.ensure_prior(m.table.champion)
-        accepted, held, verdict = m.live_guard.judge(accepted)
+        passed, held, verdict = m.live_guard.judge(accepted)
         if not held:
+            return passed, []
+        if mode == "alert":  # a real concept change looks the same: warn, let the labels train
+            M.FEEDBACK.labels(model=m.name, outcome="flagged", reason="label_disagreement").inc(len(held))
             return accepted, []
         try:
             entry = await asyncio.to_thread(m.live_guard.quarantine, held, verdict, now)

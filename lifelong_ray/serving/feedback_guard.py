@@ -1,4 +1,5 @@
-"""The live label guard of the ingress: flipped ``:feedback`` labels never reach the feedback log.
+"""The live label guard of the ingress: with ``data.guard_live: quarantine``, flipped
+``:feedback`` labels never reach the feedback log (``alert``, the default, only flags them).
 
 Per served model the ingress keeps a :class:`LiveLabelGuard`: the predictions it
 served (a bounded ``request_id -> prediction`` map, filled as it answers) and a

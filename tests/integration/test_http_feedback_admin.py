@@ -39,12 +39,12 @@ BODY_LIMIT = 2048
 def _config(name: str, root: str, token_env: str, **sections):
     from lifelong_ray.config import parse_config
 
-    return parse_config({**sections, 
+    return parse_config({**sections,
         "model": {"name": name, "features": [{"name": "x", "min": -10, "max": 10},
                                              {"name": "c", "dtype": "category", "categories": ["a", "b"]}],
                   "label": {"name": "y", "classes": [0, 1]}},
         "estimator": {"kind": "logistic"},
-        "data": {"label_horizon_seconds": HORIZON},
+        "data": {"label_horizon_seconds": HORIZON, **sections.get("data", {})},
         "storage": {"root": root},
         "serving": {"routing_poll_seconds": 0.1, "max_instances_per_request": 50, "max_body_bytes": BODY_LIMIT,
                     "admin_token_env": token_env, **sections.get("serving", {})},
@@ -68,7 +68,8 @@ def app(serve_port, tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("fb-store"))
     cfg, other = _config(MODEL, root, TOKEN_ENV), _config(OTHER, root, NO_TOKEN_ENV)
-    guarded = _config(GUARDED, root, NO_TOKEN_ENV, serving={"version_placement": "ingress"})
+    guarded = _config(GUARDED, root, NO_TOKEN_ENV, serving={"version_placement": "ingress"},
+                      data={"guard_live": "quarantine"})
     v1, v2 = _register_untrained(cfg, 1), _register_untrained(cfg, 2)
     g1 = _register_untrained(guarded, 3)
     storage = Storage(root)

@@ -249,7 +249,8 @@ def _life(conn, root: str, run_seconds: float, t: float) -> None:
         clock = FakeClock(t)
         with PeakRss() as peak:
             started = time.perf_counter()
-            controller = ctl.Controller(cfg, clock=clock)
+            # the lease holder of a Ray actor is its actor id, which a restart keeps (control/actor.py)
+            controller = ctl.Controller(cfg, clock=clock, holder="actor-soak")
             ticked = time.perf_counter()
             controller.tick()
             done = time.perf_counter()

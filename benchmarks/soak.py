@@ -1,6 +1,6 @@
 """Does the controller run for months: flat memory, ticks within the period, fast restarts?
 
-A soak of the REAL control path, in one process, on a fake clock:
+A soak of the REAL control path on a fake clock, the controller in a process of its own:
 
 * **ingress side**: predictions go through the ingress's own writer, a
   :class:`~lifelong_ray.data.segments.SegmentLog` (one JSON line per request, sealed
@@ -12,27 +12,39 @@ A soak of the REAL control path, in one process, on a fake clock:
   count it expired, not keep it). No HTTP.
 * **controller side**: a real :class:`~lifelong_ray.control.controller.Controller`
   (observer, ``decide()``, state persisted, audit log, registry, routing table) on
-  real :class:`~lifelong_ray.storage.Storage` in a temporary directory. Actions that
+  real :class:`~lifelong_ray.storage.Storage` in a temporary directory, in a child
+  process (``multiprocessing``, ``spawn``) that ticks when the parent says so. The
+  parent owns the fake clock and writes the logs and commands (the ingress's and the
+  operators' work), so the controller process holds only what the controller holds. Actions that
   need Ray run through a stub: ``deploy_version``, ``retire_version`` (Ray Serve) and
   ``start_retrain`` (a Ray task) are recorded and skipped; alias and routing writes
   are the real ones.
 * **operators**: ``--commands`` (2,000) pause/resume/rollback commands, spread over
   the run, through :func:`~lifelong_ray.control.commands.submit_command`.
-* **restarts**: at 50% and 90% of the predictions the controller object is dropped
-  and a new one is built from storage (what a Ray actor restart does);
-  ``restart_seconds`` is the longest construction plus first tick, and
-  ``restart_peak_rss_mb`` the process's peak RSS meanwhile (sampled every 5 ms).
+* **restarts**: at 50% and 90% of the predictions the controller process ends and a
+  new one is started and builds its controller from storage (a Ray actor restart is a
+  new process); ``restart_seconds`` is the longest construction plus first tick in the
+  new process, ``restart_process_seconds`` the same plus the process's start and imports
+  (as the parent sees it), and ``restart_peak_rss_mb`` the new process's peak RSS
+  during its construction and first tick (sampled every 5 ms).
 
 The clock advances ``controller.tick_seconds`` (1 s) per tick, and each tick carries
 ``--rate`` predictions (1,000), so the run spans ``predictions / rate`` fake seconds.
 The label horizon (``data.label_horizon_seconds``) and the log readers' lag
 (``data.log_late_seconds``, at most its 1 h default) are a tenth of that and the SLO
 period a fifth, so the state the controller must hold reaches its steady size well
-before the 25% mark: ``rss_growth_ratio = rss_at_end / rss_at_25pct`` should stay
-near 1 (RSS after ``gc.collect()``, Arrow's ``release_unused()`` and glibc's
-``malloc_trim(0)``: the restarts happen in this process, where a real restart is a new
-process, and the old controller's freed heap must not count as growth). ``tick_p50_s``/``tick_p99_s`` time
-``Controller.tick()`` alone (writing the logs is the ingress's work, not timed).
+before the 25% mark. All RSS figures are of the controller process, "settled": after
+``gc.collect()``, Arrow's ``release_unused()`` and glibc's ``malloc_trim(0)`` (live
+memory, not what an earlier peak left mapped). ``rss_mb_at_25pct`` is the first
+process's, after the tick that reaches 25% of the predictions; ``rss_mb_at_end`` the
+last process's (started at 90%, from the checkpoint and the log tail) after the last
+tick; ``rss_growth_ratio = rss_mb_at_end / rss_mb_at_25pct`` compares those two
+processes, i.e. whether the state a controller holds, and rebuilds after a restart,
+stays the same size as the run goes on. ``rss_mb_by_life`` is each process's settled
+RSS just before it ends (at 50%, at 90%, at the end): the first entry against
+``rss_mb_at_25pct`` is the growth inside one process (25% to 50%). ``tick_p50_s``/``tick_p99_s`` time
+``Controller.tick()`` alone, in the controller process (writing the logs is the
+ingress's work, not timed; the first start's construction is not timed either).
 ``commands_applied_twice`` counts command ids with more than one audit event (each
 command must leave exactly one: what it did, or ``command_rejected``).
 
@@ -40,7 +52,7 @@ command must leave exactly one: what it did, or ``command_rejected``).
 
     {"predictions", "rss_mb_at_25pct", "rss_mb_at_end", "rss_growth_ratio", "tick_p50_s",
      "tick_p99_s", "tick_seconds", "restart_seconds", "restart_peak_rss_mb", "commands",
-     "commands_applied_twice"}
+     "commands_applied_twice", "rss_mb_by_life", "restart_process_seconds"}
 
 Goals: ``rss_growth_ratio`` <= 1.05, ``tick_p99_s`` < ``tick_seconds``,
 ``restart_seconds`` < 60, ``commands_applied_twice`` == 0.
@@ -85,6 +97,7 @@ T0 = 1.7e9
 REQUEST_ROWS = 20  # instances per predict request
 KEYS = ("predictions", "rss_mb_at_25pct", "rss_mb_at_end", "rss_growth_ratio", "tick_p50_s", "tick_p99_s",
         "tick_seconds", "restart_seconds", "restart_peak_rss_mb", "commands", "commands_applied_twice")
+EXTRA_KEYS = ("rss_mb_by_life", "restart_process_seconds")
 
 
 class FakeClock(Clock):
@@ -190,17 +203,88 @@ def register_champion(cfg: Config, storage: Storage) -> None:
     storage.write_json(ctl.state_path(MODEL), state.model_dump(mode="json"))
 
 
+class Life:
+    """One controller process (a Ray actor's life): built from storage in a child process
+    started with ``spawn``, then ticked by the parent, which owns the clock and the writers."""
+
+    def __init__(self, root: str, run_seconds: float, t: float) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        started = time.perf_counter()
+        self.proc = ctx.Process(target=_life, args=(child, root, run_seconds, t), daemon=True)
+        self.proc.start()
+        child.close()
+        #: construction + first tick, its peak RSS (both in the child), and the wall time from
+        #: the process's start to its first tick done (interpreter and imports included)
+        self.first_tick_s, self.peak_rss_mb, self.tick_only_s = self._recv()
+        self.wall_s = time.perf_counter() - started
+
+    def _recv(self):
+        if not self.conn.poll(600):
+            raise RuntimeError("the controller process did not answer in 600 s")
+        msg = self.conn.recv()
+        if isinstance(msg, BaseException):
+            raise msg
+        return msg
+
+    def call(self, *msg: object):
+        self.conn.send(msg)
+        return self._recv()
+
+    def end(self) -> tuple[float, dict]:
+        """Settled RSS just before the end, and the stubbed actions; the process exits."""
+        rss, skipped = self.call("end")
+        self.proc.join(60)
+        self.conn.close()
+        return rss, skipped
+
+
+def _life(conn, root: str, run_seconds: float, t: float) -> None:
+    """The controller process: a Controller on the shared storage, ticked on the parent's word."""
+    try:
+        ctl.Executor = StubExecutor  # the controller builds its executor by this name
+        cfg = make_config(root, run_seconds)
+        clock = FakeClock(t)
+        with PeakRss() as peak:
+            started = time.perf_counter()
+            # the lease holder of a Ray actor is its actor id, which a restart keeps (control/actor.py)
+            controller = ctl.Controller(cfg, clock=clock, holder="actor-soak")
+            ticked = time.perf_counter()
+            controller.tick()
+            done = time.perf_counter()
+        conn.send((done - started, peak.peak, done - ticked))
+        while True:
+            msg = conn.recv()
+            if msg[0] == "tick":
+                clock.t = msg[1]
+                started = time.perf_counter()
+                controller.tick()
+                conn.send(time.perf_counter() - started)
+            elif msg[0] == "rss":
+                conn.send(settled_rss_mb())
+            elif msg[0] == "progress":
+                conn.send((rss_mb(), getattr(controller.observer, "held", lambda: {})()))
+            elif msg[0] == "end":
+                conn.send((settled_rss_mb(), dict(StubExecutor.skipped)))
+                return
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        conn.send(RuntimeError(f"controller process failed: {exc!r}"))
+        raise
+
+
 def run(predictions: int, rate: int, commands: int, progress: bool = False,
         restarts: tuple[float, ...] = (0.5, 0.9)) -> dict:
     tmp = tempfile.TemporaryDirectory(prefix="lifelong-soak-")
     root = tmp.name
     ticks = max(1, -(-predictions // rate))
     tick_s = 1.0
-    cfg = make_config(root, ticks * tick_s)
+    run_seconds = ticks * tick_s
+    cfg = make_config(root, run_seconds)
     assert cfg.controller.tick_seconds == tick_s
     storage = Storage(root)
     register_champion(cfg, storage)
-    ctl.Executor = StubExecutor  # the controller builds its executor by this name
     logs = ModelLogs(storage, MODEL, fsync=False)
     clock = FakeClock(T0)
     segments = SegmentLog(logs, logs.predictions_prefix, replica="soak", seal_s=None, clock=clock.now)
@@ -217,10 +301,13 @@ def run(predictions: int, rate: int, commands: int, progress: bool = False,
     restart_at = {int(ticks * f) for f in restarts}
     tick_times: list[float] = []
     restart_times: list[float] = []
+    restart_walls: list[float] = []
     restart_peaks: list[float] = []
+    rss_by_life: list[float] = []
+    skipped: Counter = Counter()
     rss_25 = None
     loop = asyncio.new_event_loop()
-    controller = ctl.Controller(cfg, clock=clock)
+    life: Life | None = None
     n_done = 0
 
     async def write_requests(ids: np.ndarray, x: np.ndarray, pred: np.ndarray) -> None:
@@ -266,26 +353,29 @@ def run(predictions: int, rate: int, commands: int, progress: bool = False,
                 submit_command(storage, MODEL, kinds[submitted % len(kinds)], who="soak", why=f"soak {submitted}",
                                now=clock.t)
                 submitted += 1
-        if k in restart_at:
-            del controller
-            gc.collect()
-            with PeakRss() as peak:
-                started = time.perf_counter()
-                controller = ctl.Controller(cfg, clock=clock)
-                controller.tick()
-                restart_times.append(time.perf_counter() - started)
-            restart_peaks.append(peak.peak)
+        if life is None:  # the first start: its first tick is an ordinary tick
+            life = Life(root, run_seconds, clock.t)
+            tick_times.append(life.tick_only_s)
+        elif k in restart_at:  # the old process ends, a new one is built from storage
+            rss, sk = life.end()
+            rss_by_life.append(rss)
+            skipped.update(sk)
+            life = Life(root, run_seconds, clock.t)
+            restart_times.append(life.first_tick_s)
+            restart_walls.append(life.wall_s)
+            restart_peaks.append(life.peak_rss_mb)
         else:
-            started = time.perf_counter()
-            controller.tick()
-            tick_times.append(time.perf_counter() - started)
+            tick_times.append(life.call("tick", clock.t))
         if rss_25 is None and n_done >= predictions * 0.25:
-            rss_25 = settled_rss_mb()
+            rss_25 = life.call("rss")
         if progress and k % max(1, ticks // 20) == 0:
-            held = getattr(controller.observer, "held", lambda: {})()
-            print(f"tick {k}/{ticks}: {n_done} predictions, rss {rss_mb():.0f} MB,"
+            rss_now, held = life.call("progress")
+            print(f"tick {k}/{ticks}: {n_done} predictions, controller rss {rss_now:.0f} MB,"
                   f" last tick {tick_times[-1] if tick_times else 0:.3f} s {held}", file=sys.stderr, flush=True)
-    rss_end = settled_rss_mb()
+    rss_end, sk = life.end()
+    rss_by_life.append(rss_end)
+    skipped.update(sk)
+    StubExecutor.skipped.update(skipped)
     events = AuditLog(storage, MODEL).read()
     per_command = Counter(e.data["command_id"] for e in events if e.data.get("command_id"))
     segments.close()
@@ -304,6 +394,8 @@ def run(predictions: int, rate: int, commands: int, progress: bool = False,
         "restart_peak_rss_mb": round(float(max(restart_peaks, default=rss_end)), 1),
         "commands": int(submitted),
         "commands_applied_twice": int(sum(1 for c in per_command.values() if c > 1)),
+        "rss_mb_by_life": [round(float(r), 1) for r in rss_by_life],
+        "restart_process_seconds": round(float(max(restart_walls, default=0.0)), 3),
     }
 
 
@@ -331,8 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("goal")
-    for k in KEYS:
-        table.add_row(k, f"{out[k]:,}" if isinstance(out[k], int) else f"{out[k]:g}", goals.get(k, ""))
+    for k in KEYS + EXTRA_KEYS:
+        v = out[k]
+        table.add_row(k, ", ".join(f"{r:g}" for r in v) if isinstance(v, list) else f"{v:,}" if isinstance(v, int)
+                      else f"{v:g}", goals.get(k, ""))
     Console().print(table)
     if StubExecutor.skipped:
         Console().print(f"stubbed actions (need Ray): {dict(StubExecutor.skipped)}")

@@ -7,7 +7,8 @@ served and joined rows to the :class:`~lifelong_ray.control.windows.WindowTracke
 that cuts them into drift and quality windows (the backtest uses the same
 tracker).
 
-Its memory is bounded by time, not by history: a prediction still unlabeled after
+Its memory is bounded by time, not by history, and a tick costs what came in, not what
+waits (:mod:`lifelong_ray.control.unjoined`): a prediction still unlabeled after
 ``data.label_horizon_seconds`` is forgotten (counted in :attr:`Observer.expired_predictions`;
 a label that comes for it later waits a horizon for a prediction it never finds and is
 counted in :attr:`Observer.expired_labels`), the ids of labeled predictions are kept for a
@@ -32,6 +33,7 @@ import pyarrow as pa
 from lifelong_ray.config import Config
 from lifelong_ray.control.checkpoint import read_checkpoint, write_checkpoint
 from lifelong_ray.control.commands import read_new_commands
+from lifelong_ray.control.unjoined import EarlyLabels, Unjoined
 from lifelong_ray.control.windows import WindowTracker
 from lifelong_ray.data.logs import LABELED_META, LogTail, ModelLogs
 from lifelong_ray.data.schema import Schema
@@ -66,8 +68,9 @@ class Observer:
         self._fb_tail = LogTail(storage, self.logs.feedback_prefix, lag_s=lag)
         self._lab_tail = LogTail(storage, self.logs.labeled_prefix, lag_s=lag)
         self.horizon = cfg.data.label_horizon_seconds
-        self._unjoined = pd.DataFrame(columns=_SERVED_COLS + self.schema.names).set_index("request_id")
-        self._early_labels = pd.DataFrame(columns=["request_id", "t", "label"])
+        self._unjoined = Unjoined(_SERVED_COLS[1:] + self.schema.names)  # predictions waiting for a label
+        self._early_labels = EarlyLabels()  # labels waiting for their prediction
+        self._new_ids: list[list[str]] = []  # ids of the predictions taken in since the last join
         self._labeled_ids: dict[str, float] = {}  # labeled request id -> its prediction time (one horizon)
         self._ids_kept = 0  # len(_labeled_ids) after the last pruning
         self.labeled_total = 0  # labeled rows ever (joined and batch-ingested)
@@ -116,8 +119,8 @@ class Observer:
             ids = df["request_id"].dropna()
             self._labeled_ids.update(zip(ids.tolist(), df.loc[ids.index, "t"].astype(float).tolist()))
             joined = df[df["version"].notna()]
-            if len(joined) and not self._unjoined.empty:
-                self._unjoined = self._unjoined[~self._unjoined.index.isin(joined["request_id"])]
+            if len(joined) and len(self._unjoined):
+                self._unjoined.discard(joined["request_id"].tolist())
             self.tracker.add_joined(joined.sort_values("t", kind="stable"))
 
     def held(self) -> dict[str, int]:
@@ -142,10 +145,10 @@ class Observer:
         for tail, pos in ((self._pred_tail, meta["tails"]["predictions"]), (self._fb_tail, meta["tails"]["feedback"]),
                           (self._lab_tail, meta["tails"]["labeled"])):
             tail.seen, tail.newest = set(pos["seen"]), float(pos["newest"])
-        unjoined = _object_ids(frames["unjoined"])
-        self._unjoined = unjoined.set_index("request_id") if len(unjoined) else self._unjoined
+        if len(frames["unjoined"]):
+            self._unjoined.load(_object_ids(frames["unjoined"]))
         if len(frames["early_labels"]):
-            self._early_labels = _object_ids(frames["early_labels"])
+            self._early_labels.load(_object_ids(frames["early_labels"]))
         ids = frames["labeled_ids"]
         self._labeled_ids = dict(zip(ids["request_id"].tolist(), ids["t"].astype(float).tolist()))
         self._ids_kept = len(self._labeled_ids)
@@ -166,9 +169,9 @@ class Observer:
                           "labeled": self._lab_tail.position()},
                 "labeled_total": self.labeled_total, "expired_predictions": self.expired_predictions,
                 "expired_labels": self.expired_labels}
-        unjoined = self._unjoined.reset_index()
+        unjoined = self._unjoined.frame()
         unjoined["error"] = unjoined["error"].astype(object)
-        frames = {"unjoined": unjoined, "early_labels": self._early_labels.reset_index(drop=True),
+        frames = {"unjoined": unjoined, "early_labels": self._early_labels.frame(),
                   "labeled_ids": pd.DataFrame({"request_id": list(self._labeled_ids),
                                                "t": np.fromiter(self._labeled_ids.values(), float,
                                                                 len(self._labeled_ids))}),
@@ -180,16 +183,8 @@ class Observer:
     def _expire(self, state: ControllerState, now: float) -> None:
         """Forget what is older than the label horizon (and the tracker's rows no step needs)."""
         cutoff = now - self.horizon
-        if not self._unjoined.empty:
-            old = self._unjoined["t"].to_numpy(dtype=float) < cutoff
-            if old.any():
-                self.expired_predictions += int(old.sum())
-                self._unjoined = self._unjoined[~old]
-        if not self._early_labels.empty:
-            old = self._early_labels["t"].to_numpy(dtype=float) < cutoff
-            if old.any():
-                self.expired_labels += int(old.sum())
-                self._early_labels = self._early_labels[~old].reset_index(drop=True)
+        self.expired_predictions += self._unjoined.expire(cutoff)
+        self.expired_labels += self._early_labels.expire(cutoff)
         if len(self._labeled_ids) > 2 * self._ids_kept + 1000:  # amortized: a pass when it doubled
             self._labeled_ids = {k: t for k, t in self._labeled_ids.items() if t >= cutoff}
             self._ids_kept = len(self._labeled_ids)
@@ -269,9 +264,11 @@ class Observer:
         df = df[~shadow].sort_values("t", kind="stable")
         df = df[_SERVED_COLS + self.schema.names]
         self.tracker.add_served(df)
-        fresh = df[df["error"].isna() & ~self._already_labeled(df["request_id"])].set_index("request_id")
+        fresh = df[df["error"].isna() & ~self._already_labeled(df["request_id"])]
         if not fresh.empty:
-            self._unjoined = pd.concat([self._unjoined, fresh]) if not self._unjoined.empty else fresh
+            self._unjoined.add(fresh)
+            if len(self._early_labels):
+                self._new_ids.append(fresh["request_id"].tolist())
 
     def _already_labeled(self, ids: pd.Series) -> np.ndarray:
         """Which of ``ids`` were labeled before: set lookups of the new rows only
@@ -280,25 +277,39 @@ class Observer:
         return np.fromiter((r in seen for r in ids), dtype=bool, count=len(ids))
 
     def _join_labels(self, now: float) -> None:
+        """Join the labels that came in, and the labels held for predictions that just came in.
+        The first label of a request counts; the cost is that of the new rows, not of what waits."""
+        hit_ids: list[str] = []
+        hit_t: list[float] = []
+        hit_y: list[int] = []
+        early, unjoined, labeled = self._early_labels, self._unjoined, self._labeled_ids
+        for ids in self._new_ids:  # predictions whose label came first
+            for rid in ids:
+                if rid in early and rid in unjoined:
+                    t, y = early.pop(rid)
+                    hit_ids.append(rid)
+                    hit_t.append(t)
+                    hit_y.append(y)
+        self._new_ids = []
         table = self._fb_tail.read_new()
-        labels = self._early_labels
         if table is not None:
-            fresh = _object_ids(table.to_pandas()[["request_id", "t", "label"]])
-            labels = pd.concat([labels, fresh], ignore_index=True) if not labels.empty else fresh
-        if labels.empty:
+            fresh = table.select(["request_id", "t", "label"]).to_pydict()
+            seen = set(hit_ids)
+            for rid, t, y in zip(fresh["request_id"], fresh["t"], fresh["label"]):
+                if rid in seen or rid in labeled or rid in early:
+                    continue
+                seen.add(rid)
+                if rid in unjoined:
+                    hit_ids.append(rid)
+                    hit_t.append(float(t))
+                    hit_y.append(int(y))
+                else:
+                    early.add(rid, float(t), int(y))
+        if not hit_ids:
             return
-        labels = labels.drop_duplicates("request_id", keep="first")
-        labels = labels[~self._already_labeled(labels["request_id"])]
-        matched = labels["request_id"].isin(self._unjoined.index)
-        self._early_labels = labels[~matched].reset_index(drop=True)
-        hit = labels[matched]
-        if hit.empty:
-            return
-        preds = self._unjoined.loc[hit["request_id"].to_numpy()]
-        self._unjoined = self._unjoined.drop(index=hit["request_id"].to_numpy())
-        joined = preds.reset_index()
-        joined["t_label"] = hit["t"].to_numpy(dtype=float)
-        joined["label"] = hit["label"].to_numpy(dtype=np.int64)
+        joined = unjoined.take(hit_ids)
+        joined["t_label"] = np.asarray(hit_t, dtype=float)
+        joined["label"] = np.asarray(hit_y, dtype=np.int64)
         joined = joined.sort_values("t", kind="stable")
         table = pa.table({
             "request_id": pa.array(joined["request_id"].astype(str).tolist(), pa.string()),

@@ -18,7 +18,10 @@ def test_tiny_soak_prints_exactly_the_contract_keys():
     summary = json.loads(out.stdout)
     assert set(summary) == {"predictions", "rss_mb_at_25pct", "rss_mb_at_end", "rss_growth_ratio", "tick_p50_s",
                             "tick_p99_s", "tick_seconds", "restart_seconds", "restart_peak_rss_mb", "commands",
-                            "commands_applied_twice"}
+                            "commands_applied_twice", "rss_mb_by_life", "restart_process_seconds"}
+    by_life = summary.pop("rss_mb_by_life")  # one controller process per life: start, restart at 50%, at 90%
+    assert len(by_life) == 3 and all(isinstance(v, float) and v > 0 for v in by_life)
+    assert by_life[-1] == summary["rss_mb_at_end"]
     assert summary["predictions"] == 6000 and summary["commands"] == 30
     assert isinstance(summary["commands_applied_twice"], int)
     floats = {k: v for k, v in summary.items() if k not in ("predictions", "commands", "commands_applied_twice")}

@@ -127,7 +127,7 @@ def test_no_timeout_when_it_is_off():
     assert decide(_running(), Observations(), off, 1e9).state.retrain == RetrainStage.RUNNING
 
 
-def test_the_controller_checks_the_running_task_every_tick(tmp_path):
+def test_the_controller_checks_the_running_task_every_tick(tmp_path, monkeypatch):
     from lifelong_ray.clock import Clock
     from lifelong_ray.control import controller as ctl
     from lifelong_ray.events import AuditLog
@@ -142,7 +142,11 @@ def test_the_controller_checks_the_running_task_every_tick(tmp_path):
     storage = Storage(cfg.storage.root)
     storage.write_json(ctl.state_path("m"), _running().model_dump(mode="json"))
     clock = ManualClock()
-    c = ctl.Controller(cfg, clock=clock)  # re-attaching needs Ray, refused here: it is retried
+    def refused(self, a):  # re-attaching needs Ray: refused here, so it is retried (even where the
+        raise RuntimeError("no Ray")  # session's integration tests left a Ray running in this process)
+
+    monkeypatch.setattr(Executor, "_start_retrain", refused)
+    c = ctl.Controller(cfg, clock=clock)
     tasks = FakeTasks()
     c.executor = Executor(cfg, storage, c.registry, tasks=tasks)
     c.executor._start_retrain = lambda a: c.executor._jobs.__setitem__(a.job_id, "ref1")

@@ -41,7 +41,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -200,19 +200,25 @@ def load_history(storage: Storage, cfg: Config) -> tuple[History, Any]:
     return History(labels=labels, ranges=ranges, base_errors=base_errors, base_rows=base_rows), champion
 
 
-def _recent_labeled(storage: Storage, spec: ModelSpec, numeric: list[str]) -> pa.Table:
-    """The newest ~HISTORY_ROWS labeled rows with a valid label (label, version, prediction, numeric features)."""
-    columns = ["label", "version", "prediction", *numeric]
-    logs = ModelLogs(storage, spec.name)
-    tables, n = [], 0
+def _newest_labeled(storage: Storage, model: str, columns: list[str], what: str) -> Iterator[pa.Table]:
+    """The labeled log's files, newest first, read with ``columns``; a file that cannot be
+    read (an old file of another schema: not history) is skipped with a warning."""
+    logs = ModelLogs(storage, model)
     for path in reversed(logs.live_files(logs.labeled_prefix)):
         try:
             table = read_parquet_file(storage, path, columns)
-        except (OSError, pa.ArrowException) as err:  # an old file of another schema: not history
-            log.warning("guard history: skipping %s (%s)", path, err)
+        except (OSError, pa.ArrowException) as err:
+            log.warning("%s: skipping %s (%s)", what, path, err)
             continue
-        if table is None:
-            continue
+        if table is not None:
+            yield table
+
+
+def _recent_labeled(storage: Storage, spec: ModelSpec, numeric: list[str]) -> pa.Table:
+    """The newest ~HISTORY_ROWS labeled rows with a valid label (label, version, prediction, numeric features)."""
+    columns = ["label", "version", "prediction", *numeric]
+    tables, n = [], 0
+    for table in _newest_labeled(storage, spec.name, columns, "guard history"):
         table = table.select(columns).cast(pa.schema(
             [pa.field("label", pa.int64()), pa.field("version", pa.string()), pa.field("prediction", pa.int64())]
             + [pa.field(c, pa.float64()) for c in numeric]))
@@ -232,15 +238,9 @@ def recent_ingested(storage: Storage, spec: ModelSpec, rows: int) -> pa.Table:
     schema = Schema(spec)
     columns = ["version", "label", *schema.names]
     types = pa.schema([pa.field("version", pa.string()), pa.field("label", pa.int64()), *schema.arrow_fields()])
-    logs = ModelLogs(storage, spec.name)
     tables, n, seen = [], 0, 0
-    for path in reversed(logs.live_files(logs.labeled_prefix)):
-        try:
-            table = read_parquet_file(storage, path, columns)
-        except (OSError, pa.ArrowException) as err:  # an old file of another schema: not history
-            log.warning("guard window: skipping %s (%s)", path, err)
-            continue
-        if table is None or any(c not in table.column_names for c in columns):
+    for table in _newest_labeled(storage, spec.name, columns, "guard window"):
+        if any(c not in table.column_names for c in columns):
             continue
         seen += table.num_rows
         table = table.select(columns).cast(types).filter(pc.is_null(table.column("version")))
